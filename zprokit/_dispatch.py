@@ -1,0 +1,169 @@
+"""Where user code runs: a small pool of daemon threads, and an asyncio loop for ``async def``.
+
+User handlers never run on the I/O thread (unless registered ``inline=True``),
+so a slow handler cannot stall routing, replies to others, or heartbeats.
+One-way messages can be given a *lane*: calls in the same lane run one after
+another, in arrival order, while other lanes and requests run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Dispatcher"]
+
+_STOP = object()
+
+
+class Dispatcher:
+    """Runs callables off the I/O thread; threads start lazily up to ``workers``."""
+
+    def __init__(self, name: str, workers: int = 8) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.name = name
+        self._max = workers
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._lanes: dict[Any, collections.deque[Callable[[], None]]] = {}
+        self._closed = False
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._athread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[[], None], lane: Any = None) -> None:
+        """Run ``fn()`` on a worker; with a ``lane``, after earlier calls in that lane."""
+        if lane is not None:
+            with self._lock:
+                backlog = self._lanes.get(lane)
+                if backlog is not None:
+                    backlog.append(fn)
+                    return
+                self._lanes[lane] = collections.deque()
+            fn = self._lane_runner(lane, fn)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("dispatcher closed")
+            if self._idle == 0 and len(self._threads) < self._max:
+                t = threading.Thread(target=self._work, name=f"{self.name}-worker-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                self._idle += 1
+                t.start()
+        self._queue.put(fn)
+
+    def run_async(self, coro: Any, done: Callable[["asyncio.Future[Any]"], None]) -> None:
+        """Run coroutine ``coro`` on this dispatcher's asyncio loop; ``done(future)`` when it ends."""
+        loop = self._async_loop()
+        cfut = asyncio.run_coroutine_threadsafe(coro, loop)
+        cfut.add_done_callback(done)
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._aloop is None:
+                loop = asyncio.new_event_loop()
+                t = threading.Thread(target=loop.run_forever, name=f"{self.name}-asyncio", daemon=True)
+                t.start()
+                self._aloop, self._athread = loop, t
+            return self._aloop
+
+    def _lane_runner(self, lane: Any, first: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            fn = first
+            while True:
+                _call(fn)
+                with self._lock:
+                    backlog = self._lanes[lane]
+                    if not backlog:
+                        del self._lanes[lane]
+                        return
+                    fn = backlog.popleft()
+
+        return run
+
+    def _work(self) -> None:
+        while True:
+            fn = self._queue.get()
+            if fn is _STOP:
+                return
+            with self._lock:
+                self._idle -= 1
+            _call(fn)
+            with self._lock:
+                self._idle += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the workers, letting queued calls finish; wait at most ``timeout`` s in all."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(_STOP)
+        deadline = _deadline(timeout)
+        me = threading.current_thread()
+        for t in threads:
+            if t is me:  # closed from one of our own callbacks: it ends when it returns
+                continue
+            t.join(max(0.0, deadline()))
+            if t.is_alive():
+                log.warning("%s: a handler still runs after close (%s)", self.name, t.name)
+        if self._aloop is not None and self._athread is not None:
+            loop = self._aloop
+            loop.call_soon_threadsafe(loop.stop)
+            if self._athread is not me:
+                self._athread.join(max(0.0, deadline()))
+            if not self._athread.is_alive():
+                loop.close()
+
+
+def _call(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # the callables we queue report their own errors; this is a bug net
+        log.exception("unhandled error in dispatched call %r", fn)
+
+
+def _deadline(timeout: float) -> Callable[[], float]:
+    import time
+
+    end = time.monotonic() + timeout
+    return lambda: end - time.monotonic()
+
+
+def call_handler(
+    dispatcher: Dispatcher,
+    handler: Callable[..., Any],
+    args: tuple[Any, ...],
+    done: Callable[[Any, BaseException | None], None],
+) -> None:
+    """Call ``handler(*args)`` here (a worker or the I/O thread) and report through ``done``.
+
+    A coroutine result (``async def`` handlers) is run on the dispatcher's
+    asyncio loop and reported when it finishes.
+    """
+    try:
+        result = handler(*args)
+    except Exception as e:
+        done(None, e)
+        return
+    if inspect.isawaitable(result):
+        async def wrap() -> Any:
+            return await result
+
+        def finished(fut: Any) -> None:
+            exc = fut.exception()
+            done(None if exc else fut.result(), exc)
+
+        dispatcher.run_async(wrap(), finished)
+        return
+    done(result, None)

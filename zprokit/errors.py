@@ -1,0 +1,124 @@
+"""The exceptions zprokit raises.
+
+Everything zprokit raises on purpose derives from one base class::
+
+    ZprokitError
+     ├── WindowNotFound        no connected window has that name
+     ├── NoHandler             the receiver has nothing registered for the channel
+     ├── RemoteError           the remote handler raised; carries type, message,
+     │                         traceback and the window it ran in
+     ├── Timeout               no answer in time (also a builtin TimeoutError)
+     ├── PeerLost              the other side went away with the request pending
+     ├── NameInUse             a live window already holds the name
+     ├── AuthenticationError   the peer could not verify us, or we it (wrong key)
+     ├── ProtocolError         bytes that are not a zprokit message
+     └── Closed                this node was closed by its owner
+
+"The peer broke it" (`PeerLost`) is kept apart from "you closed it"
+(`Closed`), as trio does: the first is something to retry, the second a bug
+in the caller.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ZprokitError",
+    "WindowNotFound",
+    "NoHandler",
+    "RemoteError",
+    "Timeout",
+    "PeerLost",
+    "NameInUse",
+    "AuthenticationError",
+    "ProtocolError",
+    "Closed",
+]
+
+
+class ZprokitError(Exception):
+    """Base class of every error zprokit raises on purpose."""
+
+
+class WindowNotFound(ZprokitError, LookupError):
+    """No connected window has the name.
+
+    Attributes: ``name``, the window asked for.
+    """
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        self.name = name
+        super().__init__(message or f"no connected window named {name!r}")
+
+
+class NoHandler(ZprokitError):
+    """The receiver has no handler registered for the channel.
+
+    Attributes: ``channel``; ``node``, the name of the receiver.
+    """
+
+    def __init__(self, channel: str, node: str = "main", message: str | None = None) -> None:
+        self.channel = channel
+        self.node = node
+        super().__init__(message or f"{node} has no handler for channel {channel!r}")
+
+
+class RemoteError(ZprokitError):
+    """A handler raised on the other side.
+
+    Attributes: ``remote_type`` (qualified name of the exception's class),
+    ``remote_message``, ``remote_traceback`` (formatted, as text) and
+    ``origin`` (the name of the node that ran the handler).
+    """
+
+    def __init__(
+        self,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str = "",
+        origin: str = "",
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.origin = origin
+        super().__init__(f"{remote_type}: {remote_message} (raised in {origin or 'peer'})")
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+    def __reduce__(self):  # keep all attributes across pickling
+        return (
+            type(self),
+            (self.remote_type, self.remote_message, self.remote_traceback, self.origin),
+        )
+
+
+class Timeout(ZprokitError, TimeoutError):
+    """No answer arrived in time. Also a builtin ``TimeoutError``."""
+
+
+class PeerLost(ZprokitError, ConnectionError):
+    """The peer went away (closed, died, or restarted) with the request pending."""
+
+
+class NameInUse(ZprokitError):
+    """A live window already holds the name; ``name`` says which."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a live window already holds the name {name!r}")
+
+
+class AuthenticationError(ZprokitError):
+    """The peer refused our signature, or we could not verify the peer's (wrong key)."""
+
+
+class ProtocolError(ZprokitError):
+    """Bytes that are not a valid zprokit message, or a peer speaking another version."""
+
+
+class Closed(ZprokitError):
+    """The node was closed by its owner; nothing more can be sent or awaited on it."""

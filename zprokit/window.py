@@ -1,0 +1,565 @@
+"""Window: a DEALER (routing id = its name) to the main's ROUTER, and a SUB to its PUB.
+
+One I/O thread owns the sockets and runs the handshake (see ``zprokit.main``
+for its steps); callbacks run on a small pool, never on the I/O thread, so a
+callback may send requests and wait on them. One-way messages of one
+channel reach their callbacks one after another, in the order sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import traceback
+from collections import Counter
+from typing import Any, Callable
+
+import zmq
+
+from . import protocol
+from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
+from ._dispatch import Dispatcher, call_handler
+from ._futures import ReplyFuture
+from ._loop import IOLoop
+from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, Timeout
+from .events import Event
+from .main import DEFAULT_TIMEOUT, MAIN_NAME, _check_channel, _check_timeout, _fail
+from .protocol import Header, Kind, Rejected
+from .security import resolve_key
+from .serializers import Serializer, get_serializer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Window"]
+
+_BROADCAST_STREAM = 1
+
+
+class Window:
+    """A window's node: connects, handshakes, and returns only when both channels are live.
+
+    Parameters: ``name`` (else ``ZPROKIT_NAME``), ``endpoint``, the main's
+    ROUTER endpoint (else ``ZPROKIT_ENDPOINT``), ``key`` (else
+    ``ZPROKIT_KEY``), ``timeout`` for the handshake, ``request_timeout`` the
+    default for requests, ``workers`` the callback pool's size,
+    ``serializer`` (must match the main's), ``exit_with_main``: close this
+    window when the main says goodbye (windows made by ``create_window`` do).
+
+    Raises ``AuthenticationError`` (the main could not verify us, or we it:
+    a wrong key), ``NameInUse``, ``Timeout`` (no answer in ``timeout`` s),
+    ``ProtocolError`` (e.g. a serializer mismatch) or ``ValueError`` (no key,
+    no name).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        endpoint: str | None = None,
+        *,
+        key: bytes | str | None = None,
+        timeout: float = 10.0,
+        request_timeout: float = DEFAULT_TIMEOUT,
+        workers: int = 4,
+        serializer: str | Serializer | None = None,
+        exit_with_main: bool = False,
+        linger: float = 1.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        name = name or os.environ.get("ZPROKIT_NAME")
+        endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT")
+        if not name or not isinstance(name, str):
+            raise ValueError("a window needs a name: pass name=... or set ZPROKIT_NAME")
+        if name == MAIN_NAME:
+            raise ValueError(f"{MAIN_NAME!r} is the main's name; pick another")
+        if not endpoint:
+            raise ValueError("a window needs the main's endpoint: pass endpoint=... or set ZPROKIT_ENDPOINT")
+        self.name = name
+        self.endpoint = endpoint
+        self.key = resolve_key(key, role="window")
+        self.timeout = _check_timeout(timeout)
+        self.request_timeout = _check_timeout(request_timeout)
+        self.serializer = get_serializer(serializer)
+        self.exit_with_main = exit_with_main
+        self.session = secrets.token_bytes(protocol.SESSION_SIZE)
+        self._signer = protocol.Signer(self.key)
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._linger_ms = int(linger * 1000)
+
+        # I/O-thread state
+        self._probe: zmq.Socket | None = None
+        self._dealer: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+        self._main_session: bytes | None = None
+        self._connected = False
+        self._pending: dict[int, ReplyFuture] = {}
+        self._guard = protocol.ReplayGuard()
+        self._seq = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._stats: Counter[str] = Counter()
+        self._rejected: Counter[str] = Counter()
+
+        # shared
+        self._from_main = Listeners()
+        self._from_render = Listeners()
+        self._broadcast = Listeners()
+        self._ready = threading.Event()
+        self._handshake_error: BaseException | None = None
+        self._closed = False
+        self._closed_event = threading.Event()
+        self._close_lock = threading.Lock()
+
+        self._dispatch = Dispatcher(f"zprokit-{name}", workers)
+        self._loop = IOLoop(f"zprokit-{name}-io")
+        self._loop.start(on_stop=self._close_sockets)
+        self._loop.call_soon(self._start_handshake)
+        if not self._ready.wait(self.timeout + 1.0) and self._handshake_error is None:
+            self._handshake_error = Timeout(f"no answer from the main at {endpoint} within {timeout} s")
+        if self._handshake_error is not None:
+            error = self._handshake_error
+            self.close()
+            raise error
+        log.info("window %r connected to %s", name, endpoint)
+
+    # ------------------------------------------------------------------ listeners
+
+    def on_msg_from_main(self, cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
+        """Call ``cb(event, args)`` for messages from the main on ``channel``.
+
+        Any number of callbacks per channel receive one-way messages; a
+        ``main_call_render`` is answered by the one registered first. Works
+        bare, called, or as ``@window.on_msg_from_main(channel="c")``. Returns ``cb``.
+        """
+        return registrar(self._add(self._from_main), cb, {"channel": channel})
+
+    def off_msg_from_main(self, cb: Callable[..., Any], channel: str | None = None) -> bool:
+        """Stop calling ``cb`` (on ``channel`` only, if given); True if it was registered."""
+        return self._from_main.remove(cb, channel)
+
+    def on_render_msg_to_render(self, cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
+        """Call ``cb(event, args)`` for messages from other windows; ``event.sender`` names the source."""
+        return registrar(self._add(self._from_render), cb, {"channel": channel})
+
+    def off_render_msg_to_render(self, cb: Callable[..., Any], channel: str | None = None) -> bool:
+        return self._from_render.remove(cb, channel)
+
+    def on_broadcast(self, cb: Any = None, *, topic: str = "") -> Any:
+        """Call ``cb(event, msg)`` for broadcasts whose topic starts with ``topic`` (``""``: all)."""
+        return registrar(self._add(self._broadcast, key="topic"), cb, {"topic": topic})
+
+    def off_broadcast(self, cb: Callable[..., Any], topic: str | None = None) -> bool:
+        return self._broadcast.remove(cb, topic)
+
+    @staticmethod
+    def _add(listeners: Listeners, key: str = "channel") -> Callable[..., None]:
+        def add(cb: Callable[..., Any], **kw: str) -> None:
+            _check_channel(kw[key], key)
+            listeners.add(kw[key], cb)
+
+        return add
+
+    # ------------------------------------------------------------------ sending
+
+    def render_msg_to_main(
+        self, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> ReplyFuture:
+        """Ask the main's handler on ``channel``; the future resolves to its return value.
+
+        The future raises ``NoHandler`` (at once, when the main has no handler),
+        ``RemoteError``, ``Timeout`` (after ``timeout`` s, default
+        ``request_timeout``), ``PeerLost`` or ``Closed``.
+        """
+        return self._request(Kind.REQUEST, "", channel, msg, timeout, f"render_msg_to_main(channel={channel!r})")
+
+    def render_msg_to_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> ReplyFuture:
+        """Send ``msg`` one-way to window ``name`` through the main.
+
+        The future resolves to ``None`` once the main has routed it to a live
+        window, or raises ``WindowNotFound``: an unknown target is never
+        dropped silently.
+        """
+        _check_target(name)
+        return self._request(Kind.MESSAGE, name, channel, msg, timeout, f"render_msg_to_render({name!r})")
+
+    def render_call_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> ReplyFuture:
+        """Ask window ``name``; resolves to the return value of its first ``on_render_msg_to_render`` callback."""
+        _check_target(name)
+        return self._request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
+
+    def _request(
+        self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str
+    ) -> ReplyFuture:
+        self._check_open()
+        _check_channel(channel)
+        timeout = self.request_timeout if timeout is None else _check_timeout(timeout)
+        payload = self.serializer.dumps(msg)
+        future = ReplyFuture(description)
+        future.set_running_or_notify_cancel()
+        msg_id = next(self._ids)
+
+        def send() -> None:
+            if not self._connected:
+                _fail(future, PeerLost(f"{description}: not connected to the main"))
+                return
+            self._pending[msg_id] = future
+            self._loop.call_later(timeout, lambda: self._expire(msg_id, timeout))
+            self._send(kind, msg_id, target, channel, payload)
+
+        self._loop.call_soon(send)
+        return future
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """True while registered with a live main."""
+        return self._connected and not self._closed
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"messages_in": 0, "messages_out": 0, "unhandled": 0}
+        stats.update(self._stats)
+        stats["rejected"] = dict(self._rejected)
+        return stats
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until this window is closed (by ``close()``, the main's ``destroy_window``,
+        or, with ``exit_with_main``, the main's goodbye). True if it closed in time."""
+        return self._closed_event.wait(timeout)
+
+    def close(self) -> None:
+        """Tell the main goodbye, flush what was sent, stop every thread. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._loop.alive:
+            self._loop.call_soon(self._say_goodbye)
+        stopped = self._loop.stop()
+        self._dispatch.close()
+        if self._own_context and stopped:
+            self._ctx.term()
+        self._closed_event.set()
+        log.info("window %r closed", self.name)
+
+    def __enter__(self) -> "Window":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<zprokit.Window {self.name!r} -> {self.endpoint}{' closed' if self._closed else ''}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed(f"window {self.name!r} is closed")
+
+    # ================================================================== I/O thread
+
+    def _start_handshake(self) -> None:
+        probe = self._ctx.socket(zmq.DEALER)
+        probe.setsockopt(zmq.LINGER, 0)
+        # 0xff never starts valid UTF-8, so a probe id can never equal a window name.
+        probe.setsockopt(zmq.ROUTING_ID, b"\xff" + secrets.token_bytes(15))
+        probe.connect(self.endpoint)
+        self._probe = probe
+        self._loop.add_socket(probe, self._on_probe)
+        hello = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "serializer": self.serializer.name,
+            "timeout": self.timeout,
+        }
+        header = Header(Kind.HELLO, 0, next(self._seq), self.session, protocol.NO_SESSION, self.name)
+        probe.send_multipart(protocol.pack(self._signer, header, [protocol.encode_body(hello)]))
+        self._loop.call_later(self.timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        if not self._ready.is_set():
+            where = "registering" if self._main_session else "waiting for the main's answer"
+            self._fail_handshake(Timeout(f"no answer from the main at {self.endpoint} within {self.timeout} s ({where})"))
+
+    def _fail_handshake(self, error: BaseException) -> None:
+        if not self._ready.is_set():
+            self._handshake_error = error
+            self._ready.set()
+
+    def _drop_probe(self) -> None:
+        if self._probe is not None:
+            self._loop.remove_socket(self._probe)
+            self._probe.close(0)
+            self._probe = None
+
+    def _on_probe(self) -> None:
+        assert self._probe is not None
+        try:
+            frames = self._probe.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if protocol.is_denial(frames):
+            self._fail_handshake(AuthenticationError(f"the main at {self.endpoint} refused our signature: wrong key?"))
+            return
+        try:
+            msg = protocol.unpack(self._signer, frames)
+        except Rejected as e:
+            if e.reason == "bad_signature":
+                self._fail_handshake(AuthenticationError(f"cannot verify the main at {self.endpoint}: wrong key?"))
+            else:
+                self._fail_handshake(ProtocolError(f"the main at {self.endpoint} answered with {e}"))
+            return
+        h = msg.header
+        if h.peer_session != self.session:
+            self._rejected["stale_session"] += 1
+            return
+        body = protocol.decode_body(msg.payload)
+        self._drop_probe()
+        if h.kind == Kind.REFUSE:
+            reason = body.get("reason")
+            if reason == "name_in_use":
+                self._fail_handshake(NameInUse(self.name))
+            else:
+                self._fail_handshake(ProtocolError(f"the main refused window {self.name!r}: {body.get('message')}"))
+            return
+        if h.kind != Kind.WELCOME:
+            self._fail_handshake(ProtocolError(f"unexpected {h.kind.name} during the handshake"))
+            return
+        self._main_session = h.session
+        self._guard.new_session(MAIN_NAME, h.session, h.seq)
+        nonce = str(body["nonce"])
+        dealer = self._ctx.socket(zmq.DEALER)
+        sub = self._ctx.socket(zmq.SUB)
+        for sock in (dealer, sub):
+            sock.setsockopt(zmq.LINGER, self._linger_ms)
+        dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
+        sub.setsockopt(zmq.SUBSCRIBE, protocol.BROADCAST_PREFIX)
+        # Subscribed last: when the main sees this one, the broadcast subscription is in force too.
+        sub.setsockopt(zmq.SUBSCRIBE, protocol.CONTROL_PREFIX + f"{self.name}\0{nonce}".encode())
+        sub.connect(_pub_endpoint(self.endpoint, str(body["pub"])))
+        dealer.connect(self.endpoint)
+        self._dealer, self._sub = dealer, sub
+        self._loop.add_socket(dealer, self._on_dealer)
+        self._loop.add_socket(sub, self._on_sub)
+        self._send(Kind.REGISTER, 0, "", "", [protocol.encode_body({"nonce": nonce})], force=True)
+
+    def _on_dealer(self) -> None:
+        assert self._dealer is not None
+        while self._dealer is not None:
+            try:
+                frames = self._dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._stats["messages_in"] += 1
+            try:
+                msg = protocol.unpack(self._signer, [f.buffer for f in frames])
+                h = msg.header
+                if h.session != self._main_session or h.peer_session != self.session:
+                    raise Rejected("stale_session")
+                if not self._guard.accept(MAIN_NAME, h.session, h.seq):
+                    raise Rejected("replay")
+                handler = self._KIND_HANDLERS.get(h.kind)
+                if handler is None:
+                    raise Rejected("malformed", f"unexpected {h.kind.name}")
+                handler(self, msg)
+            except Rejected as e:
+                self._rejected[e.reason] += 1
+                log.debug("window %r dropped a message: %s", self.name, e)
+
+    def _on_sub(self) -> None:
+        assert self._sub is not None
+        while self._sub is not None:
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._stats["messages_in"] += 1
+            try:
+                msg = protocol.unpack(self._signer, [f.buffer for f in frames], with_topic=True)
+                h = msg.header
+                if h.session != self._main_session:
+                    raise Rejected("stale_session")
+                if not self._guard.accept(MAIN_NAME, h.session, h.seq, stream=_BROADCAST_STREAM):
+                    raise Rejected("replay")
+                self._on_broadcast_msg(msg)
+            except Rejected as e:
+                self._rejected[e.reason] += 1
+                log.debug("window %r dropped a broadcast: %s", self.name, e)
+
+    def _on_registered(self, msg: protocol.Message) -> None:
+        self._connected = True
+        self._ready.set()
+
+    def _on_reply(self, msg: protocol.Message) -> None:
+        h = msg.header
+        future = self._pending.pop(h.msg_id, None)
+        if future is None:
+            self._stats["late_replies"] += 1  # its request timed out already
+            return
+        try:
+            if h.kind == Kind.REPLY:
+                future.set_result(self.serializer.loads(msg.payload))
+            elif h.kind == Kind.ACK:
+                future.set_result(None)
+            else:
+                future.set_exception(protocol.error_from_body(protocol.decode_body(msg.payload)))
+        except Exception as e:
+            _fail(future, ProtocolError(f"cannot read the answer: {e!r}"))
+
+    def _on_incoming(self, msg: protocol.Message) -> None:
+        """A REQUEST or one-way MESSAGE from the main (no source) or another window (via the main)."""
+        h = msg.header
+        sender = h.source or MAIN_NAME
+        listeners = self._from_render if h.source else self._from_main
+        callbacks = listeners.get(h.channel)
+        event = Event(sender=sender, channel=h.channel, kind="request" if h.kind == Kind.REQUEST else "message",
+                      receiver=self.name)
+        if h.kind == Kind.REQUEST:
+            if not callbacks:
+                body = protocol.error_body(NoHandler(h.channel, self.name), self.name)
+                self._send(Kind.ERROR, h.msg_id, "", "", [protocol.encode_body(body)])
+                return
+            self._dispatch.submit(lambda: self._answer(callbacks[0], event, msg))
+            return
+        if not callbacks:
+            self._stats["unhandled"] += 1
+            log.warning("window %r: no callback for a message from %s on channel %r", self.name, sender, h.channel)
+            return
+        payload = msg.payload
+
+        def deliver() -> None:
+            args = self.serializer.loads(payload)
+            for cb in callbacks:
+                try:
+                    cb(event, args)
+                except Exception:
+                    log.exception("window %r: callback %r raised", self.name, cb)
+
+        self._dispatch.submit(deliver, lane=("message", h.channel))
+
+    def _answer(self, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
+        msg_id = msg.header.msg_id
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            if exc is None:
+                try:
+                    kind, payload = Kind.REPLY, self.serializer.dumps(result)
+                except Exception as e:
+                    exc = e
+            if exc is not None:
+                body = protocol.error_body(exc, self.name, "".join(traceback.format_exception(exc)))
+                kind, payload = Kind.ERROR, [protocol.encode_body(body)]
+            self._loop.call_soon(lambda: self._send(kind, msg_id, "", "", payload))
+
+        try:
+            args = self.serializer.loads(msg.payload)
+        except Exception as e:
+            done(None, e)
+            return
+        call_handler(self._dispatch, cb, (event, args), done)
+
+    def _on_broadcast_msg(self, msg: protocol.Message) -> None:
+        topic = msg.header.channel
+        callbacks = [cb for prefix, cbs in self._broadcast.items() if topic.startswith(prefix) for cb in cbs]
+        if not callbacks:
+            self._stats["unhandled"] += 1
+            return
+        event = Event(sender=MAIN_NAME, channel=topic, kind="broadcast", topic=topic, receiver=self.name)
+        payload = msg.payload
+
+        def deliver() -> None:
+            args = self.serializer.loads(payload)
+            for cb in callbacks:
+                try:
+                    cb(event, args)
+                except Exception:
+                    log.exception("window %r: broadcast callback %r raised", self.name, cb)
+
+        self._dispatch.submit(deliver, lane="broadcast")
+
+    def _on_close_request(self, msg: protocol.Message) -> None:
+        log.info("window %r: the main asked us to close", self.name)
+        threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
+
+    def _on_bye(self, msg: protocol.Message) -> None:
+        self._main_gone("the main closed")
+        if self.exit_with_main:
+            threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
+
+    def _main_gone(self, reason: str) -> None:
+        self._connected = False
+        for future in self._pending.values():
+            _fail(future, PeerLost(f"{future.description}: {reason} with the request pending"))
+        self._pending.clear()
+
+    def _on_ping(self, msg: protocol.Message) -> None:
+        self._send(Kind.PONG, msg.header.msg_id, "", "", ())
+
+    def _on_pong(self, msg: protocol.Message) -> None:
+        pass  # any verified traffic is a sign of life
+
+    _KIND_HANDLERS: dict[Kind, Callable[["Window", protocol.Message], None]] = {
+        Kind.REGISTERED: _on_registered,
+        Kind.REPLY: _on_reply,
+        Kind.ERROR: _on_reply,
+        Kind.ACK: _on_reply,
+        Kind.REQUEST: _on_incoming,
+        Kind.MESSAGE: _on_incoming,
+        Kind.CLOSE: _on_close_request,
+        Kind.BYE: _on_bye,
+        Kind.PING: _on_ping,
+        Kind.PONG: _on_pong,
+    }
+
+    def _expire(self, msg_id: int, timeout: float) -> None:
+        future = self._pending.pop(msg_id, None)
+        if future is not None:
+            _fail(future, Timeout(f"{future.description}: no answer within {timeout} s"))
+
+    def _send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False) -> None:
+        if self._dealer is None or not (self._connected or force):
+            return
+        assert self._main_session is not None
+        header = Header(kind, msg_id, next(self._seq), self.session, self._main_session, self.name, target, channel)
+        self._dealer.send_multipart(protocol.pack(self._signer, header, payload), copy=False)
+        self._stats["messages_out"] += 1
+
+    def _say_goodbye(self) -> None:
+        if self._connected:
+            self._send(Kind.BYE, 0, "", "", ())
+        self._connected = False
+
+    def _close_sockets(self) -> None:
+        for future in self._pending.values():
+            _fail(future, Closed(f"window {self.name!r} was closed with the request pending"))
+        self._pending.clear()
+        self._drop_probe()
+        for sock in (self._dealer, self._sub):
+            if sock is not None:
+                sock.close(self._linger_ms)
+        self._dealer = self._sub = None
+
+
+def _check_target(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"target window name must be a non-empty str, got {name!r}")
+
+
+def _pub_endpoint(router_endpoint: str, pub: str) -> str:
+    """Where to reach the main's PUB: its port, on the host we reached the ROUTER at."""
+    if not (router_endpoint.startswith("tcp://") and pub.startswith("tcp://")):
+        return pub
+    host = router_endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    port = pub.rsplit(":", 1)[1]
+    return f"tcp://{host}:{port}"
