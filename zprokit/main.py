@@ -25,11 +25,11 @@ a second connection that claims a routing id in use):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 import traceback
@@ -41,6 +41,7 @@ import zmq
 
 from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
+from ._common import DEFAULT_TIMEOUT, MAIN_NAME, check_channel, check_timeout, fail
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop
@@ -55,8 +56,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Main"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:0"
-DEFAULT_TIMEOUT = 30.0
-MAIN_NAME = "main"
+SYSTEM_PREFIX = "zprokit."
 
 
 @dataclass
@@ -119,7 +119,7 @@ class Main:
     ) -> None:
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT") or DEFAULT_ENDPOINT
         self.key = resolve_key(key, endpoint=endpoint, role="main")
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.serializer = get_serializer(serializer)
         self.max_message_size = max_message_size
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
@@ -171,6 +171,10 @@ class Main:
         self._closed = False
         self._close_lock = threading.Lock()
 
+        # Built-in channels for the command-line tools; answered inline, they never wait.
+        self._handlers[SYSTEM_PREFIX + "ping"] = (lambda event, args: args, True)
+        self._handlers[SYSTEM_PREFIX + "windows"] = (lambda event, args: self._describe_windows(), True)
+
         self._dispatch = Dispatcher(f"zprokit-main-{os.getpid()}", workers)
         self._loop = IOLoop(f"zprokit-main-io-{os.getpid()}")
         self._loop.add_socket(self._router, self._on_router)
@@ -196,7 +200,9 @@ class Main:
         return registrar(self._register_handler, handler, {"channel": channel, "replace": replace, "inline": inline})
 
     def _register_handler(self, handler: Callable[..., Any], channel: str, replace: bool, inline: bool) -> None:
-        _check_channel(channel)
+        check_channel(channel)
+        if channel.startswith(SYSTEM_PREFIX):
+            raise ValueError(f"channels starting with {SYSTEM_PREFIX!r} are zprokit's own")
         if channel in self._handlers and not replace:
             raise ValueError(f"channel {channel!r} already has a handler; pass replace=True to swap it")
         self._handlers[channel] = (handler, inline)
@@ -230,7 +236,7 @@ class Main:
         connected, ``Closed`` after ``close()``.
         """
         self._check_open()
-        _check_channel(channel)
+        check_channel(channel)
         if name not in self._windows:
             raise WindowNotFound(name)
         payload = self.serializer.dumps(msg)
@@ -247,11 +253,11 @@ class Main:
         at once when the name is unknown.
         """
         self._check_open()
-        _check_channel(channel)
+        check_channel(channel)
         if name not in self._windows:
             raise WindowNotFound(name)
         payload = self.serializer.dumps(msg)
-        timeout = self.timeout if timeout is None else _check_timeout(timeout)
+        timeout = self.timeout if timeout is None else check_timeout(timeout)
         future = ReplyFuture(f"main_call_render({name!r}, channel={channel!r})")
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
@@ -261,7 +267,7 @@ class Main:
             self._loop.call_later(timeout, lambda: self._expire(msg_id, timeout))
             if not self._send_to(name, Kind.REQUEST, msg_id, channel, payload, origin=""):
                 self._pending.pop(msg_id, None)
-                _fail(future, WindowNotFound(name))
+                fail(future, WindowNotFound(name))
 
         self._loop.call_soon(send)
         return future
@@ -269,7 +275,7 @@ class Main:
     def broadcast(self, msg: Any, *, topic: str = "") -> None:
         """Publish ``msg`` to every window whose ``on_broadcast`` topic is a prefix of ``topic``."""
         self._check_open()
-        _check_channel(topic, what="topic")
+        check_channel(topic, what="topic")
         payload = self.serializer.dumps(msg)
 
         def send() -> None:
@@ -349,6 +355,13 @@ class Main:
         stats["rejected"] = dict(self._rejected)
         return stats
 
+    def _describe_windows(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [
+            {**dataclasses.asdict(info), "uptime": now - info.connected_since, "session": None}
+            for info in self.get_all_windows()
+        ]
+
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -391,12 +404,12 @@ class Main:
         for name in list(self._windows):
             self._send_to(name, Kind.BYE, 0, "", (), origin="")
         for msg_id, pending in list(self._pending.items()):
-            _fail(pending.future, Closed("the main was closed with the request pending"))
+            fail(pending.future, Closed("the main was closed with the request pending"))
         self._pending.clear()
 
     def _close_sockets(self) -> None:
         for pending in self._pending.values():
-            _fail(pending.future, Closed("the main was closed with the request pending"))
+            fail(pending.future, Closed("the main was closed with the request pending"))
         self._pending.clear()
         self._router.close(self._linger_ms)
         self._pub.close(self._linger_ms)
@@ -557,7 +570,7 @@ class Main:
         for msg_id, pending in list(self._pending.items()):
             if pending.target == name:
                 del self._pending[msg_id]
-                _fail(pending.future, lost)
+                fail(pending.future, lost)
         for msg_id, route in list(self._routes.items()):
             if route.target == name:
                 del self._routes[msg_id]
@@ -659,7 +672,7 @@ class Main:
             else:
                 pending.future.set_exception(protocol.error_from_body(protocol.decode_body(msg.payload)))
         except Exception as e:
-            _fail(pending.future, e)
+            fail(pending.future, e)
 
     def _on_bye(self, name: str, msg: protocol.Message) -> None:
         self._drop_window(name, "closed")
@@ -683,7 +696,7 @@ class Main:
     def _expire(self, msg_id: int, timeout: float) -> None:
         pending = self._pending.pop(msg_id, None)
         if pending is not None:
-            _fail(pending.future, Timeout(f"{pending.future.description}: no answer within {timeout} s"))
+            fail(pending.future, Timeout(f"{pending.future.description}: no answer within {timeout} s"))
 
     # --- sending (I/O thread) ---------------------------------------------------
 
@@ -727,11 +740,6 @@ class Main:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _fail(future: ReplyFuture, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 def _looks_like_hello(frames: list[Any]) -> bool:
     try:
         return protocol.Header.decode(frames[1]).kind == Kind.HELLO
@@ -761,17 +769,6 @@ def _peer_address(frame: zmq.Frame) -> str:
         return ""
 
 
-def _check_channel(channel: str, what: str = "channel") -> None:
-    if not isinstance(channel, str):
-        raise TypeError(f"{what} must be a str, not {type(channel).__name__}")
-
-
-def _check_timeout(timeout: float) -> float:
-    if timeout is None or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
-
-
 def _bindable(endpoint: str) -> str:
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         return endpoint[:-2] + ":*"
@@ -788,6 +785,3 @@ def _default_pub_endpoint(router_endpoint: str) -> str:
         return router_endpoint + "-pub"
     raise ValueError(f"unsupported transport in {router_endpoint!r}; use tcp://, ipc:// or inproc://")
 
-
-def local_host() -> str:
-    return socket.gethostname()

@@ -27,7 +27,7 @@ from ._futures import ReplyFuture
 from ._loop import IOLoop
 from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, Timeout
 from .events import Event
-from .main import DEFAULT_TIMEOUT, MAIN_NAME, _check_channel, _check_timeout, _fail
+from ._common import DEFAULT_TIMEOUT, MAIN_NAME, check_channel, check_timeout, fail
 from .protocol import Header, Kind, Rejected
 from .security import resolve_key
 from .serializers import Serializer, get_serializer
@@ -80,8 +80,8 @@ class Window:
         self.name = name
         self.endpoint = endpoint
         self.key = resolve_key(key, role="window")
-        self.timeout = _check_timeout(timeout)
-        self.request_timeout = _check_timeout(request_timeout)
+        self.timeout = check_timeout(timeout)
+        self.request_timeout = check_timeout(request_timeout)
         self.serializer = get_serializer(serializer)
         self.exit_with_main = exit_with_main
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
@@ -157,7 +157,7 @@ class Window:
     @staticmethod
     def _add(listeners: Listeners, key: str = "channel") -> Callable[..., None]:
         def add(cb: Callable[..., Any], **kw: str) -> None:
-            _check_channel(kw[key], key)
+            check_channel(kw[key], key)
             listeners.add(kw[key], cb)
 
         return add
@@ -198,8 +198,8 @@ class Window:
         self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str
     ) -> ReplyFuture:
         self._check_open()
-        _check_channel(channel)
-        timeout = self.request_timeout if timeout is None else _check_timeout(timeout)
+        check_channel(channel)
+        timeout = self.request_timeout if timeout is None else check_timeout(timeout)
         payload = self.serializer.dumps(msg)
         future = ReplyFuture(description)
         future.set_running_or_notify_cancel()
@@ -207,7 +207,7 @@ class Window:
 
         def send() -> None:
             if not self._connected:
-                _fail(future, PeerLost(f"{description}: not connected to the main"))
+                fail(future, PeerLost(f"{description}: not connected to the main"))
                 return
             self._pending[msg_id] = future
             self._loop.call_later(timeout, lambda: self._expire(msg_id, timeout))
@@ -415,7 +415,7 @@ class Window:
             else:
                 future.set_exception(protocol.error_from_body(protocol.decode_body(msg.payload)))
         except Exception as e:
-            _fail(future, ProtocolError(f"cannot read the answer: {e!r}"))
+            fail(future, ProtocolError(f"cannot read the answer: {e!r}"))
 
     def _on_incoming(self, msg: protocol.Message) -> None:
         """A REQUEST or one-way MESSAGE from the main (no source) or another window (via the main)."""
@@ -500,7 +500,7 @@ class Window:
     def _main_gone(self, reason: str) -> None:
         self._connected = False
         for future in self._pending.values():
-            _fail(future, PeerLost(f"{future.description}: {reason} with the request pending"))
+            fail(future, PeerLost(f"{future.description}: {reason} with the request pending"))
         self._pending.clear()
 
     def _on_ping(self, msg: protocol.Message) -> None:
@@ -525,7 +525,7 @@ class Window:
     def _expire(self, msg_id: int, timeout: float) -> None:
         future = self._pending.pop(msg_id, None)
         if future is not None:
-            _fail(future, Timeout(f"{future.description}: no answer within {timeout} s"))
+            fail(future, Timeout(f"{future.description}: no answer within {timeout} s"))
 
     def _send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False) -> None:
         if self._dealer is None or not (self._connected or force):
@@ -542,7 +542,7 @@ class Window:
 
     def _close_sockets(self) -> None:
         for future in self._pending.values():
-            _fail(future, Closed(f"window {self.name!r} was closed with the request pending"))
+            fail(future, Closed(f"window {self.name!r} was closed with the request pending"))
         self._pending.clear()
         self._drop_probe()
         for sock in (self._dealer, self._sub):
