@@ -63,6 +63,8 @@ SYSTEM_PREFIX = "zprokit."
 class _Window:
     info: WindowInfo
     session: bytes
+    last_seen: float  # time.monotonic() of its last verified message
+    messages: int = 0
 
 
 @dataclass
@@ -100,6 +102,12 @@ class Main:
     the largest message accepted, in bytes; ``context``, a ``zmq.Context`` to
     use instead of a private one.
 
+    Liveness: windows ping the main when they have been quiet for a
+    ``heartbeat`` (the main answers on its I/O thread, whatever its handlers
+    are doing); a window not heard from for ``heartbeat * liveness``
+    seconds leaves the registry, and everything pending on it fails with
+    ``PeerLost``. Pass the same ``heartbeat`` and ``liveness`` to the windows.
+
     Raises ``ValueError`` for a non-loopback bind without a key, and
     ``zmq.ZMQError`` when the endpoint cannot be bound.
     """
@@ -114,10 +122,16 @@ class Main:
         workers: int = 8,
         serializer: str | Serializer | None = None,
         max_message_size: int | None = None,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
         linger: float = 1.0,
         context: zmq.Context | None = None,
     ) -> None:
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT") or DEFAULT_ENDPOINT
+        self.heartbeat = check_timeout(heartbeat)
+        if liveness < 1:
+            raise ValueError("liveness must be at least 1 heartbeat")
+        self.liveness = int(liveness)
         self.key = resolve_key(key, endpoint=endpoint, role="main")
         self.timeout = check_timeout(timeout)
         self.serializer = get_serializer(serializer)
@@ -149,7 +163,9 @@ class Main:
             raise
 
         # I/O-thread state
-        self._windows: dict[str, _Window] = {}
+        self._windows: dict[str, _Window] = {}  # registered: both channels live
+        self._joining: dict[str, _Window] = {}  # REGISTER seen, XPUB subscription not yet
+        self._contests: dict[str, tuple[bytes, protocol.Message, float]] = {}
         self._reservations: dict[str, _Reservation] = {}
         self._subscriptions: set[bytes] = set()
         self._awaiting_sub: dict[bytes, str] = {}
@@ -179,7 +195,12 @@ class Main:
         self._loop = IOLoop(f"zprokit-main-io-{os.getpid()}")
         self._loop.add_socket(self._router, self._on_router)
         self._loop.add_socket(self._pub, self._on_xpub)
+        # A closed connection (a window that crashed, on this host or another) shows up
+        # here at once; heartbeats are only needed for links that die without a word.
+        self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._loop.add_socket(self._monitor, self._on_monitor)
         self._loop.start(on_stop=self._close_sockets)
+        self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._check_liveness))
         log.info("main listening on %s (broadcasts on %s)", self.endpoint, self.pub_endpoint)
 
     # ------------------------------------------------------------------ handlers
@@ -411,12 +432,29 @@ class Main:
         for pending in self._pending.values():
             fail(pending.future, Closed("the main was closed with the request pending"))
         self._pending.clear()
+        self._router.disable_monitor()
+        self._monitor.close(0)
         self._router.close(self._linger_ms)
         self._pub.close(self._linger_ms)
 
     def _reject(self, reason: str, detail: Any = "") -> None:
         self._rejected[reason] += 1
         log.debug("main dropped a message: %s %s", reason, detail)
+
+    def _on_monitor(self) -> None:
+        while True:
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        # Which window's connection closed is not said; a ping to each finds out, since
+        # with ROUTER_MANDATORY a send to a vanished routing id fails at once. The pipe
+        # goes away shortly after the event, so look a moment later.
+        self._loop.call_later(0.05, self._sweep)
+
+    def _sweep(self) -> None:
+        for name in list(self._windows):
+            self._send_to(name, Kind.PING, 0, "", (), origin="")
 
     def _on_xpub(self) -> None:
         while True:
@@ -430,7 +468,7 @@ class Main:
             if event[0] == 1:
                 self._subscriptions.add(topic)
                 name = self._awaiting_sub.pop(topic, None)
-                if name is not None and name in self._windows:
+                if name is not None and name in self._joining:
                     self._complete_registration(name)
             elif event[0] == 0:
                 self._subscriptions.discard(topic)
@@ -464,7 +502,7 @@ class Main:
             return
         if h.peer_session != self.session:
             self._reject("stale_session", h.kind)
-            if h.kind == Kind.REQUEST or (h.kind == Kind.MESSAGE and h.target):
+            if h.kind in (Kind.REQUEST, Kind.PING) or (h.kind == Kind.MESSAGE and h.target):
                 # A window of an earlier main (or that we forgot): tell it, so it does not wait.
                 self._raw_reply_error(ident, h, PeerLost("the main does not know this window; re-register"))
             return
@@ -479,6 +517,8 @@ class Main:
         if not self._guard.accept(name, h.session, h.seq):
             self._reject("replay", name)
             return
+        window.last_seen = time.monotonic()
+        window.messages += 1
         handler = self._KIND_HANDLERS.get(h.kind)
         if handler is None:
             self._reject("malformed", f"unexpected {h.kind.name} from {name}")
@@ -508,9 +548,18 @@ class Main:
                 f"{body.get('serializer')!r}; give both the same serializer=",
             )
             return
-        if name in self._windows:
-            refuse("name_in_use", name)
-            return
+        holder = self._windows.get(name)
+        if holder is not None:
+            if name in self._contests or now - holder.last_seen < self.heartbeat / 2:
+                refuse("name_in_use", name)
+                return
+            # Quiet for a while: maybe dead (a restart of the same window, a
+            # half-open connection). Ask it; answer the newcomer once we know.
+            if self._send_to(name, Kind.PING, 0, "", (), origin=""):
+                self._contests[name] = (ident, msg, now)
+                self._loop.call_later(self.heartbeat, lambda: self._settle_contest(name))
+                return
+            # unreachable: _send_to dropped it, and the name is free
         held = self._reservations.get(name)
         if held is not None and held.expires > now:
             refuse("name_in_use", name)
@@ -520,6 +569,13 @@ class Main:
         welcome = Header(Kind.WELCOME, h.msg_id, next(self._seq), self.session, h.session, MAIN_NAME, name)
         reply_body = {"nonce": nonce, "pub": self.pub_endpoint, "serializer": self.serializer.name}
         self._raw_send(ident, protocol.pack(self._signer, welcome, [protocol.encode_body(reply_body)]))
+
+    def _settle_contest(self, name: str) -> None:
+        ident, hello, started = self._contests.pop(name)
+        holder = self._windows.get(name)
+        if holder is not None and holder.last_seen < started:
+            self._drop_window(name, f"did not answer a ping within {self.heartbeat} s")
+        self._on_hello(ident, hello)
 
     def _on_register(self, name: str, msg: protocol.Message, address: str) -> None:
         h = msg.header
@@ -542,7 +598,7 @@ class Main:
             serializer=self.serializer.name,
             session=h.session.hex(),
         )
-        self._windows[name] = _Window(info, h.session)
+        self._joining[name] = _Window(info, h.session, time.monotonic())
         topic = protocol.CONTROL_PREFIX + f"{name}\0{held.nonce}".encode()
         if topic in self._subscriptions:
             self._complete_registration(name)
@@ -550,13 +606,31 @@ class Main:
             self._awaiting_sub[topic] = name
 
     def _complete_registration(self, name: str) -> None:
-        window = self._windows[name]
+        window = self._joining.pop(name)
+        self._windows[name] = window
         self._send_to(name, Kind.REGISTERED, 0, "", (), origin="")
         log.info("window %r connected (host %s, pid %s)", name, window.info.host, window.info.pid)
         for event in self._window_waiters.get(name, ()):
             event.set()
         for cb in self._connected_cbs.get(None):
             self._dispatch.submit(lambda cb=cb: cb(window.info), lane="presence")
+
+    def _check_liveness(self) -> None:
+        """Heartbeat tick: windows not heard from for ``heartbeat * liveness`` s leave."""
+        if self._closed:
+            return
+        self._loop.call_later(self.heartbeat, self._check_liveness)
+        now = time.monotonic()
+        limit = self.heartbeat * self.liveness
+        for name, window in list(self._windows.items()):
+            if now - window.last_seen > limit:
+                self._drop_window(name, f"silent for {now - window.last_seen:.1f} s")
+        for name, window in list(self._joining.items()):
+            if now - window.last_seen > max(limit, 10.0):  # never subscribed: a failed join
+                del self._joining[name]
+                self._guard.forget(name)
+        for name in [n for n, r in self._reservations.items() if r.expires < now]:
+            del self._reservations[name]
 
     def _drop_window(self, name: str, reason: str) -> None:
         """Remove ``name`` from the registry, failing everything pending on it."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
+import time
 import traceback
 from collections import Counter
 from typing import Any, Callable
@@ -49,6 +51,15 @@ class Window:
     ``serializer`` (must match the main's), ``exit_with_main``: close this
     window when the main says goodbye (windows made by ``create_window`` do).
 
+    Liveness: the window pings the main whenever it has been quiet for
+    ``heartbeat`` seconds and declares it lost after ``heartbeat * liveness``
+    seconds without a word. Then every pending request fails with
+    ``PeerLost`` and, with ``reconnect=True`` (the default), the window
+    handshakes again with jittered exponential backoff (capped at
+    ``max_backoff`` s), under its name and with its listeners, until it is
+    back, closed, or ``give_up_after`` seconds have passed (``None``: never);
+    giving up closes the window, and ``close_reason`` says why.
+
     Raises ``AuthenticationError`` (the main could not verify us, or we it:
     a wrong key), ``NameInUse``, ``Timeout`` (no answer in ``timeout`` s),
     ``ProtocolError`` (e.g. a serializer mismatch) or ``ValueError`` (no key,
@@ -66,6 +77,11 @@ class Window:
         workers: int = 4,
         serializer: str | Serializer | None = None,
         exit_with_main: bool = False,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        reconnect: bool = True,
+        max_backoff: float = 5.0,
+        give_up_after: float | None = None,
         linger: float = 1.0,
         context: zmq.Context | None = None,
     ) -> None:
@@ -84,6 +100,14 @@ class Window:
         self.request_timeout = check_timeout(request_timeout)
         self.serializer = get_serializer(serializer)
         self.exit_with_main = exit_with_main
+        self.heartbeat = check_timeout(heartbeat)
+        if liveness < 1:
+            raise ValueError("liveness must be at least 1 heartbeat")
+        self.liveness = int(liveness)
+        self.reconnect = reconnect
+        self.max_backoff = check_timeout(max_backoff)
+        self.give_up_after = None if give_up_after is None else check_timeout(give_up_after)
+        self.close_reason: BaseException | None = None
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
         self._signer = protocol.Signer(self.key)
         self._own_context = context is None
@@ -93,9 +117,14 @@ class Window:
         # I/O-thread state
         self._probe: zmq.Socket | None = None
         self._dealer: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self._main_session: bytes | None = None
         self._connected = False
+        self._attempt = 0  # handshakes started; a timer of an earlier attempt is stale
+        self._failures = 0  # reconnect attempts since the main was lost (backoff exponent)
+        self._lost_at: float | None = None
+        self._last_seen = self._last_sent = 0.0
         self._pending: dict[int, ReplyFuture] = {}
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
@@ -117,6 +146,7 @@ class Window:
         self._loop = IOLoop(f"zprokit-{name}-io")
         self._loop.start(on_stop=self._close_sockets)
         self._loop.call_soon(self._start_handshake)
+        self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._tick))
         if not self._ready.wait(self.timeout + 1.0) and self._handshake_error is None:
             self._handshake_error = Timeout(f"no answer from the main at {endpoint} within {timeout} s")
         if self._handshake_error is not None:
@@ -269,6 +299,14 @@ class Window:
     # ================================================================== I/O thread
 
     def _start_handshake(self) -> None:
+        if self._closed:
+            return
+        self._attempt += 1
+        # A new incarnation per handshake: the main retires the old session, and
+        # nothing addressed to it (a late reply, a replay) is accepted again.
+        self.session = secrets.token_bytes(protocol.SESSION_SIZE)
+        self._guard = protocol.ReplayGuard()
+        self._main_session = None
         probe = self._ctx.socket(zmq.DEALER)
         probe.setsockopt(zmq.LINGER, 0)
         # 0xff never starts valid UTF-8, so a probe id can never equal a window name.
@@ -285,17 +323,23 @@ class Window:
         }
         header = Header(Kind.HELLO, 0, next(self._seq), self.session, protocol.NO_SESSION, self.name)
         probe.send_multipart(protocol.pack(self._signer, header, [protocol.encode_body(hello)]))
-        self._loop.call_later(self.timeout, self._handshake_timed_out)
+        attempt = self._attempt
+        limit = self.timeout if not self._ready.is_set() else min(self.timeout, 2 * self.heartbeat * self.liveness)
+        self._loop.call_later(limit, lambda: self._handshake_timed_out(attempt, limit))
 
-    def _handshake_timed_out(self) -> None:
-        if not self._ready.is_set():
+    def _handshake_timed_out(self, attempt: int, limit: float) -> None:
+        if attempt == self._attempt and not self._connected:
             where = "registering" if self._main_session else "waiting for the main's answer"
-            self._fail_handshake(Timeout(f"no answer from the main at {self.endpoint} within {self.timeout} s ({where})"))
+            self._fail_handshake(Timeout(f"no answer from the main at {self.endpoint} within {limit} s ({where})"))
 
     def _fail_handshake(self, error: BaseException) -> None:
-        if not self._ready.is_set():
+        if not self._ready.is_set():  # the constructor is waiting: it raises this
             self._handshake_error = error
             self._ready.set()
+            return
+        log.warning("window %r: reconnecting failed: %s", self.name, error)
+        self._drop_sockets()
+        self._schedule_reconnect()
 
     def _drop_probe(self) -> None:
         if self._probe is not None:
@@ -350,9 +394,21 @@ class Window:
         sub.connect(_pub_endpoint(self.endpoint, str(body["pub"])))
         dealer.connect(self.endpoint)
         self._dealer, self._sub = dealer, sub
+        # The main's connection closing (its process died or restarted) is known at
+        # once here; heartbeats cover links that die without a word.
+        self._monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._loop.add_socket(self._monitor, self._on_monitor)
         self._loop.add_socket(dealer, self._on_dealer)
         self._loop.add_socket(sub, self._on_sub)
         self._send(Kind.REGISTER, 0, "", "", [protocol.encode_body({"nonce": nonce})], force=True)
+
+    def _on_monitor(self) -> None:
+        assert self._monitor is not None
+        try:
+            self._monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        self._lose_main("its connection closed")
 
     def _on_dealer(self) -> None:
         assert self._dealer is not None
@@ -365,10 +421,17 @@ class Window:
             try:
                 msg = protocol.unpack(self._signer, [f.buffer for f in frames])
                 h = msg.header
-                if h.session != self._main_session or h.peer_session != self.session:
+                if h.peer_session != self.session:
+                    raise Rejected("stale_session")
+                if h.session != self._main_session:
+                    if h.kind == Kind.ERROR and self._connected:
+                        # A main that does not know us answers on our current session: it restarted.
+                        self._lose_main("the main restarted")
+                        return
                     raise Rejected("stale_session")
                 if not self._guard.accept(MAIN_NAME, h.session, h.seq):
                     raise Rejected("replay")
+                self._last_seen = time.monotonic()
                 handler = self._KIND_HANDLERS.get(h.kind)
                 if handler is None:
                     raise Rejected("malformed", f"unexpected {h.kind.name}")
@@ -392,6 +455,7 @@ class Window:
                     raise Rejected("stale_session")
                 if not self._guard.accept(MAIN_NAME, h.session, h.seq, stream=_BROADCAST_STREAM):
                     raise Rejected("replay")
+                self._last_seen = time.monotonic()
                 self._on_broadcast_msg(msg)
             except Rejected as e:
                 self._rejected[e.reason] += 1
@@ -399,6 +463,10 @@ class Window:
 
     def _on_registered(self, msg: protocol.Message) -> None:
         self._connected = True
+        if self._ready.is_set():
+            log.warning("window %r: reconnected to the main at %s", self.name, self.endpoint)
+        self._failures = 0
+        self._lost_at = None
         self._ready.set()
 
     def _on_reply(self, msg: protocol.Message) -> None:
@@ -493,15 +561,54 @@ class Window:
         threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
 
     def _on_bye(self, msg: protocol.Message) -> None:
-        self._main_gone("the main closed")
+        self._lose_main("the main closed", retry=not self.exit_with_main)
         if self.exit_with_main:
-            threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
+            self._close_in_background(PeerLost("the main closed"))
 
-    def _main_gone(self, reason: str) -> None:
+    def _close_in_background(self, reason: BaseException | None) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
+
+    def _lose_main(self, reason: str, retry: bool = True) -> None:
+        """The main is gone: fail what waits on it, drop the sockets, and (maybe) reconnect."""
+        if not self._connected:
+            return
+        log.warning("window %r: lost the main at %s: %s", self.name, self.endpoint, reason)
         self._connected = False
+        self._lost_at = time.monotonic()
         for future in self._pending.values():
             fail(future, PeerLost(f"{future.description}: {reason} with the request pending"))
         self._pending.clear()
+        self._drop_sockets()
+        if retry and self.reconnect:
+            self._schedule_reconnect()
+        elif not self.exit_with_main:
+            self._close_in_background(PeerLost(f"lost the main at {self.endpoint}: {reason}"))
+
+    def _schedule_reconnect(self) -> None:
+        if self._closed:
+            return
+        lost_for = time.monotonic() - (self._lost_at or time.monotonic())
+        if self.give_up_after is not None and lost_for >= self.give_up_after:
+            self._close_in_background(PeerLost(f"gave up reconnecting to {self.endpoint} after {lost_for:.1f} s"))
+            return
+        delay = min(self.max_backoff, 0.05 * 2**self._failures) * random.uniform(0.5, 1.5)
+        self._failures += 1
+        self._loop.call_later(delay, self._start_handshake)
+
+    def _tick(self) -> None:
+        """Heartbeat: ping a quiet main, and declare a silent one lost."""
+        if self._closed:
+            return
+        self._loop.call_later(self.heartbeat, self._tick)
+        if not self._connected:
+            return
+        now = time.monotonic()
+        if now - self._last_seen > self.heartbeat * self.liveness:
+            self._lose_main(f"no answer for {now - self._last_seen:.1f} s")
+        elif now - self._last_seen >= self.heartbeat or now - self._last_sent >= self.heartbeat:
+            self._send(Kind.PING, 0, "", "", ())
 
     def _on_ping(self, msg: protocol.Message) -> None:
         self._send(Kind.PONG, msg.header.msg_id, "", "", ())
@@ -533,6 +640,7 @@ class Window:
         assert self._main_session is not None
         header = Header(kind, msg_id, next(self._seq), self.session, self._main_session, self.name, target, channel)
         self._dealer.send_multipart(protocol.pack(self._signer, header, payload), copy=False)
+        self._last_sent = time.monotonic()
         self._stats["messages_out"] += 1
 
     def _say_goodbye(self) -> None:
@@ -544,10 +652,20 @@ class Window:
         for future in self._pending.values():
             fail(future, Closed(f"window {self.name!r} was closed with the request pending"))
         self._pending.clear()
+        self._drop_sockets(self._linger_ms)
+
+    def _drop_sockets(self, linger_ms: int = 0) -> None:
         self._drop_probe()
+        if self._monitor is not None:
+            self._loop.remove_socket(self._monitor)
+            assert self._dealer is not None
+            self._dealer.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         for sock in (self._dealer, self._sub):
             if sock is not None:
-                sock.close(self._linger_ms)
+                self._loop.remove_socket(sock)
+                sock.close(linger_ms)
         self._dealer = self._sub = None
 
 
