@@ -17,7 +17,8 @@ def registrar(register: Callable[..., Any], cb: Any, kwargs: dict[str, Any]) -> 
     each returns the callback itself.
     """
     if isinstance(cb, str):
-        kwargs = {**kwargs, "channel": cb}
+        # A positional string names what the registration is keyed by: a channel, or a broadcast topic.
+        kwargs = {**kwargs, ("channel" if "channel" in kwargs else "topic"): cb}
         cb = None
     if cb is None:
         def decorate(fn: F) -> F:

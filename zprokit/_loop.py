@@ -29,6 +29,10 @@ class _Waker:
     """A file descriptor the poller watches; writing to it wakes the loop."""
 
     def __init__(self) -> None:
+        # wake() may race close(): a handler finishing after its node closed must not write
+        # to the closed descriptor, whose number may already belong to another file.
+        self._lock = threading.Lock()
+        self._closed = False
         if hasattr(os, "eventfd"):
             self._r = self._w = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         else:  # pragma: no cover - non-Linux
@@ -40,10 +44,13 @@ class _Waker:
         return self._r
 
     def wake(self) -> None:
-        try:
-            os.write(self._w, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        except BlockingIOError:  # already full of wake-ups: it will wake
-            pass
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._w, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except BlockingIOError:  # already full of wake-ups: it will wake
+                pass
 
     def drain(self) -> None:
         try:
@@ -52,9 +59,13 @@ class _Waker:
             pass
 
     def close(self) -> None:
-        os.close(self._r)
-        if self._w != self._r:
-            os.close(self._w)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._r)
+            if self._w != self._r:
+                os.close(self._w)
 
 
 class IOLoop:

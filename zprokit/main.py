@@ -97,7 +97,7 @@ class Main:
     free port; ``main.endpoint`` tells the bound one); ``key`` (bytes or str;
     else ``ZPROKIT_KEY``; else random, loopback and ipc only);
     ``pub_endpoint`` for the broadcast socket (default: same host, any port);
-    ``timeout``, the default for requests; ``workers``, the handler pool's
+    ``request_timeout``, the default timeout of requests in seconds; ``workers``, the handler pool's
     size; ``serializer`` (``"pickle"`` or ``"json"``); ``max_message_size``,
     the largest message accepted, in bytes; ``context``, a ``zmq.Context`` to
     use instead of a private one.
@@ -118,7 +118,7 @@ class Main:
         *,
         key: bytes | str | None = None,
         pub_endpoint: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        request_timeout: float = DEFAULT_TIMEOUT,
         workers: int = 8,
         serializer: str | Serializer | None = None,
         max_message_size: int | None = None,
@@ -133,7 +133,7 @@ class Main:
             raise ValueError("liveness must be at least 1 heartbeat")
         self.liveness = int(liveness)
         self.key = resolve_key(key, endpoint=endpoint, role="main")
-        self.timeout = check_timeout(timeout)
+        self.request_timeout = check_timeout(request_timeout)
         self.serializer = get_serializer(serializer)
         self.max_message_size = max_message_size
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
@@ -270,7 +270,7 @@ class Main:
 
         The future raises ``WindowNotFound``, ``NoHandler``, ``RemoteError``,
         ``PeerLost`` (the window left), ``Timeout`` (after ``timeout`` s,
-        default ``self.timeout``) or ``Closed``. ``WindowNotFound`` is raised
+        default ``request_timeout``) or ``Closed``. ``WindowNotFound`` is raised
         at once when the name is unknown.
         """
         self._check_open()
@@ -278,7 +278,7 @@ class Main:
         if name not in self._windows:
             raise WindowNotFound(name)
         payload = self.serializer.dumps(msg)
-        timeout = self.timeout if timeout is None else check_timeout(timeout)
+        timeout = self.request_timeout if timeout is None else check_timeout(timeout)
         future = ReplyFuture(f"main_call_render({name!r}, channel={channel!r})")
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
@@ -379,8 +379,8 @@ class Main:
     def _describe_windows(self) -> list[dict[str, Any]]:
         now = time.time()
         return [
-            {**dataclasses.asdict(info), "uptime": now - info.connected_since, "session": None}
-            for info in self.get_all_windows()
+            {**dataclasses.asdict(w.info), "uptime": now - w.info.connected_since, "messages": w.messages, "session": None}
+            for w in list(self._windows.values())
         ]
 
     # ------------------------------------------------------------------ lifecycle
@@ -527,7 +527,7 @@ class Main:
 
     # --- handshake ------------------------------------------------------------
 
-    def _on_hello(self, ident: bytes, msg: protocol.Message) -> None:
+    def _on_hello(self, ident: bytes, msg: protocol.Message, holder_answered: bool = False) -> None:
         h = msg.header
         body = protocol.decode_body(msg.payload)
         name = body.get("name")
@@ -550,7 +550,7 @@ class Main:
             return
         holder = self._windows.get(name)
         if holder is not None:
-            if name in self._contests or now - holder.last_seen < self.heartbeat / 2:
+            if holder_answered or name in self._contests or now - holder.last_seen < self.heartbeat / 2:
                 refuse("name_in_use", name)
                 return
             # Quiet for a while: maybe dead (a restart of the same window, a
@@ -573,9 +573,12 @@ class Main:
     def _settle_contest(self, name: str) -> None:
         ident, hello, started = self._contests.pop(name)
         holder = self._windows.get(name)
-        if holder is not None and holder.last_seen < started:
+        answered = holder is not None and holder.last_seen >= started
+        if holder is not None and not answered:
             self._drop_window(name, f"did not answer a ping within {self.heartbeat} s")
-        self._on_hello(ident, hello)
+        # A holder that answered keeps its name; without the flag a holder quiet for more than
+        # heartbeat/2 since its pong would be pinged again, and again, until the newcomer timed out.
+        self._on_hello(ident, hello, holder_answered=answered)
 
     def _on_register(self, name: str, msg: protocol.Message, address: str) -> None:
         h = msg.header
@@ -678,7 +681,7 @@ class Main:
                 except Exception as e:  # an unpicklable return value is the handler's error
                     exc = e
             if exc is not None:
-                body = protocol.error_body(exc, MAIN_NAME, "".join(traceback.format_exception(exc)))
+                body = protocol.error_body(exc, MAIN_NAME, "".join(traceback.format_exception(exc)), from_handler=True)
                 send = lambda: self._send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(body)], origin="")
             else:
                 send = lambda: self._send_to(name, Kind.REPLY, msg_id, "", reply, origin="")

@@ -322,12 +322,21 @@ class ReplayGuard:
             self._retired.popitem(last=False)
 
 
-def error_body(exc: BaseException, origin: str, traceback_text: str = "") -> dict[str, Any]:
-    """The JSON body of an ERROR reply for ``exc`` raised while serving a request."""
+def error_body(exc: BaseException, origin: str, traceback_text: str = "", *, from_handler: bool = False) -> dict[str, Any]:
+    """The JSON body of an ERROR reply for ``exc`` raised while serving a request.
+
+    ``from_handler``: ``exc`` came out of a user's handler, so its caller gets a
+    ``RemoteError`` whatever its type. A ``NoHandler`` or ``WindowNotFound`` that a
+    handler's own nested request raised must not tell the caller that *its*
+    channel or target is missing. (A ``RemoteError`` is still passed on as it
+    was, so it keeps the origin and traceback of where it was raised.)
+    """
     from . import errors
 
     body: dict[str, Any] = {"origin": origin, "message": str(exc)}
-    if isinstance(exc, errors.NoHandler):
+    if from_handler and not isinstance(exc, errors.RemoteError):
+        body.update(code="remote", type=_type_name(exc), traceback=traceback_text)
+    elif isinstance(exc, errors.NoHandler):
         body.update(code="no_handler", channel=exc.channel, node=exc.node)
     elif isinstance(exc, errors.WindowNotFound):
         body.update(code="window_not_found", name=exc.name)
@@ -342,10 +351,13 @@ def error_body(exc: BaseException, origin: str, traceback_text: str = "") -> dic
             origin=exc.origin,
         )
     else:
-        cls = type(exc)
-        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-        body.update(code="remote", type=name, traceback=traceback_text)
+        body.update(code="remote", type=_type_name(exc), traceback=traceback_text)
     return body
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def error_from_body(body: dict[str, Any]) -> Exception:

@@ -509,12 +509,18 @@ class Window:
         def deliver() -> None:
             args = self.serializer.loads(payload)
             for cb in callbacks:
-                try:
-                    cb(event, args)
-                except Exception:
-                    log.exception("window %r: callback %r raised", self.name, cb)
+                self._notify(cb, event, args)
 
         self._dispatch.submit(deliver, lane=("message", h.channel))
+
+    def _notify(self, cb: Callable[..., Any], event: Event, args: Any) -> None:
+        """Call a one-way or broadcast callback; an ``async def`` one is awaited, as for calls."""
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                log.error("window %r: %s callback %r raised", self.name, event.kind, cb, exc_info=exc)
+
+        call_handler(self._dispatch, cb, (event, args), done)
 
     def _answer(self, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
         msg_id = msg.header.msg_id
@@ -526,7 +532,7 @@ class Window:
                 except Exception as e:
                     exc = e
             if exc is not None:
-                body = protocol.error_body(exc, self.name, "".join(traceback.format_exception(exc)))
+                body = protocol.error_body(exc, self.name, "".join(traceback.format_exception(exc)), from_handler=True)
                 kind, payload = Kind.ERROR, [protocol.encode_body(body)]
             self._loop.call_soon(lambda: self._send(kind, msg_id, "", "", payload))
 
@@ -549,10 +555,7 @@ class Window:
         def deliver() -> None:
             args = self.serializer.loads(payload)
             for cb in callbacks:
-                try:
-                    cb(event, args)
-                except Exception:
-                    log.exception("window %r: broadcast callback %r raised", self.name, cb)
+                self._notify(cb, event, args)
 
         self._dispatch.submit(deliver, lane="broadcast")
 
@@ -574,7 +577,8 @@ class Window:
         """The main is gone: fail what waits on it, drop the sockets, and (maybe) reconnect."""
         if not self._connected:
             return
-        log.warning("window %r: lost the main at %s: %s", self.name, self.endpoint, reason)
+        # Without a retry this is a goodbye the window was told to follow (exit_with_main): no alarm.
+        log.log(logging.WARNING if retry else logging.INFO, "window %r: lost the main at %s: %s", self.name, self.endpoint, reason)
         self._connected = False
         self._lost_at = time.monotonic()
         for future in self._pending.values():

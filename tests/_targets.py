@@ -1,0 +1,62 @@
+"""Window targets for test_processes.py, run in window processes as ``"_targets:<function>"``.
+
+Each reports to the main on its ``report`` channel (a request, so a report
+is known to have arrived before the next one is sent).
+"""
+
+import os
+
+
+def returns(window):
+    """Say hello, then return: the process exits with status 0."""
+    window.render_msg_to_main(("hello", os.getpid()), channel="report").result(10)
+
+
+def raises(window):
+    """Raise: the process exits with status 1."""
+    window.render_msg_to_main(("about to raise", os.getpid()), channel="report").result(10)
+    raise RuntimeError("target failed on purpose")
+
+
+def serve(window):
+    """Answer ``environ`` with this process's view of its environment; run until closed."""
+    window.on_msg_from_main(lambda event, keys: {k: os.environ.get(k) for k in keys}, channel="environ")
+    window.render_msg_to_main(("ready", os.getpid()), channel="report").result(10)
+    window.wait_closed()
+
+
+def stubborn(window):
+    """Ignore being closed: run until the process is ended from outside."""
+    import threading
+
+    window.render_msg_to_main(("ready", os.getpid()), channel="report").result(10)
+    threading.Event().wait()
+
+
+def peer(window):
+    """One of two peer windows: every direction of the API, driven by the main."""
+    name = window.name
+
+    def report(*what):
+        window.render_msg_to_main(what, channel="report").result(10)
+
+    # main -> render
+    window.on_msg_from_main(lambda event, msg: ("pong", name, os.getpid(), event.sender, msg), channel="ping")
+    window.on_msg_from_main(lambda event, msg: report("told", name, event.sender, msg), channel="tell")
+    # render -> main, with a reply
+    window.on_msg_from_main(lambda event, n: window.render_msg_to_main(n, channel="double").result(10), channel="ask_main")
+    # render -> render, asked for by the main
+    window.on_msg_from_main(
+        lambda event, other: window.render_call_render(other, (name, 2, 3), channel="add").result(10), channel="call_peer"
+    )
+    window.on_msg_from_main(
+        lambda event, other: window.render_msg_to_render(other, f"hi from {name}", channel="note").result(10),
+        channel="note_peer",
+    )
+    window.on_render_msg_to_render(lambda event, msg: (name, event.sender, msg[1] + msg[2]), channel="add")
+    window.on_render_msg_to_render(lambda event, msg: report("note", name, event.sender, msg), channel="note")
+    # broadcasts
+    window.on_broadcast(lambda event, msg: report("broadcast", name, event.topic, msg), topic="news")
+
+    report("ready", name, os.getpid())
+    window.wait_closed()
