@@ -1,0 +1,351 @@
+"""The ``zprokit`` command: demo, main, window, windows, ping, keygen.
+
+The key is never a command-line value (``ps`` shows those to every user):
+it comes from ``--key-file`` or the ``ZPROKIT_KEY`` environment variable.
+User errors (a wrong key, a main that does not answer, a taken name, a bad
+``module:function``) end with one line on stderr and exit status 1; usage
+errors with status 2; Ctrl-C in a short command with 130. ``main`` and
+``window`` treat SIGINT and SIGTERM as a request to close cleanly (status 0).
+
+Printing the transcript and the tables to stdout is this module's job; the
+library itself only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import secrets
+import signal
+import statistics
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import zmq
+
+from . import __version__
+from .api import init_expose_in_main_world
+from .errors import ZprokitError
+from .main import Main
+from .security import ENV_KEY, env_key, generate_key
+from .window import Window
+
+log = logging.getLogger(__name__)
+
+__all__ = ["main"]
+
+PROG = "zprokit"
+
+
+class CLIError(Exception):
+    """A mistake the user can fix; reported as one line, without a traceback."""
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT or SIGTERM to end a ``window`` target."""
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import _demo
+
+    return _demo.run(sys.stdout)
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    app = _load(args.app, "APP")
+    key = _key_from_file(args)
+    stop = threading.Event()
+    with _on_signals(lambda signum: stop.set()):
+        try:
+            node = Main(args.bind, key=key, pub_endpoint=args.pub_bind, serializer=args.serializer)
+        except (ValueError, zmq.ZMQError) as e:
+            raise CLIError(f"cannot start a main on {args.bind}: {e}") from None
+        with node:
+            if key is None and env_key() is None:
+                log.warning("no key given: a random one is in force, so only windows made with create_window can join")
+            app(node)
+            _out(f"zprokit main: listening on {node.endpoint} (broadcasts on {node.pub_endpoint})")
+            stop.wait()
+            log.info("zprokit main: closing")
+    return 0
+
+
+def cmd_window(args: argparse.Namespace) -> int:
+    target = _load(args.target, "TARGET")
+    options = _connect_options(args)
+
+    def stop(signum: int) -> None:
+        raise _Stop(signum)
+
+    with _on_signals(stop):
+        try:
+            window = _connect(init_expose_in_main_world, args.name, exit_with_main=args.exit_with_main, **options)
+        except _Stop:
+            return 0
+        try:
+            _out(f"zprokit window: {window.name!r} connected to {window.endpoint}")
+            target(window)
+        except _Stop:
+            log.info("zprokit window: closing on a signal")
+        except Exception:
+            log.exception("zprokit window: target %s raised", args.target)
+            return 1
+        finally:
+            window.close()
+    return 0
+
+
+def cmd_windows(args: argparse.Namespace) -> int:
+    with _temporary_window(args) as window:
+        rows = window.render_msg_to_main(None, channel="zprokit.windows").result(args.timeout)
+        rows = [row for row in rows if row["name"] != window.name]
+    if not rows:
+        _out("no windows connected")
+        return 0
+    columns = ["name", "host", "pid", "uptime"] + (["messages"] if "messages" in rows[0] else [])
+    table = [[c.upper() for c in columns]]
+    table += [[_uptime(row[c]) if c == "uptime" else str(row[c]) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    for r in table:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise CLIError("-n COUNT must be at least 1")
+    sent, rtts = 0, []
+    with _temporary_window(args) as window:
+        _out(f"PING main at {window.endpoint}, channel zprokit.ping")
+        try:
+            for seq in range(1, args.count + 1):
+                start = time.perf_counter()
+                try:
+                    echo = window.render_msg_to_main(seq, channel="zprokit.ping").result(args.timeout)
+                except ZprokitError as e:
+                    echo = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                rtt = (time.perf_counter() - start) * 1000
+                sent += 1
+                if echo == seq:
+                    rtts.append(rtt)
+                    _out(f"seq={seq} time={rtt:.3f} ms")
+                else:
+                    _out(f"seq={seq} failed: {echo}")
+        except KeyboardInterrupt:
+            pass  # like ping(8): Ctrl-C ends the series; the summary still counts
+    summary = f"{sent} sent, {len(rtts)} answered"
+    if rtts:
+        summary += f", min/median/max = {min(rtts):.3f}/{statistics.median(rtts):.3f}/{max(rtts):.3f} ms"
+    _out(summary)
+    return 0 if rtts and len(rtts) == sent else 1
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = generate_key().decode()
+    if args.output is None:
+        _out(key)
+        return 0
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
+    try:
+        fd = os.open(args.output, flags, 0o600)
+    except FileExistsError:
+        raise CLIError(f"{args.output} exists; pass --force to replace it") from None
+    except OSError as e:
+        raise CLIError(f"cannot write {args.output}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a replaced file keeps its old mode otherwise
+        f.write(key + "\n")
+    _out(f"zprokit keygen: wrote a new key to {args.output} (mode 0600); use it with --key-file or {ENV_KEY}")
+    return 0
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _load(spec: str, what: str) -> Callable[..., Any]:
+    """``"package.module:function"`` -> the function; the current directory is importable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"{what} {spec!r} should look like 'package.module:function'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise CLIError(f"{what} {spec!r}: no module named {e.name!r}") from None
+        raise  # the module exists but fails to import: its traceback is what helps
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"{what} {spec!r}: {module_name} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise CLIError(f"{what} {spec!r} is not callable")
+    return obj
+
+
+def _key_from_file(args: argparse.Namespace) -> bytes | None:
+    """The key in ``--key-file`` (stripped), or None to let the library read ``ZPROKIT_KEY``."""
+    if not args.key_file:
+        return None
+    try:
+        with open(args.key_file, "rb") as f:
+            key = f.read().strip()
+            mode = os.fstat(f.fileno()).st_mode
+    except OSError as e:
+        raise CLIError(f"cannot read key file {args.key_file}: {e.strerror}") from None
+    if not key:
+        raise CLIError(f"key file {args.key_file} is empty")
+    if mode & 0o077:
+        log.warning("key file %s can be read by other users; chmod 600 it", args.key_file)
+    return key
+
+
+def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for a ``Window``; a missing endpoint or key is a ``CLIError``."""
+    if not args.connect:
+        raise CLIError("no endpoint: pass --connect ENDPOINT or set ZPROKIT_ENDPOINT")
+    key = _key_from_file(args)
+    try:
+        if key is None and env_key() is None:
+            raise CLIError(f"no key: set {ENV_KEY} or pass --key-file FILE (make one with `zprokit keygen`)")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return {"endpoint": args.connect, "key": key, "timeout": args.timeout, "serializer": args.serializer}
+
+
+def _connect(factory: Callable[..., Window], name: str, **options: Any) -> Window:
+    """Connect a window; a ``ValueError`` (a reserved name, say) is the user's to fix."""
+    try:
+        return factory(name, **options)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+@contextmanager
+def _temporary_window(args: argparse.Namespace) -> Iterator[Window]:
+    name = f"zprokit-cli-{os.getpid()}-{secrets.token_hex(3)}"
+    with _connect(Window, name, workers=1, reconnect=False, **_connect_options(args)) as window:
+        yield window
+
+
+@contextmanager
+def _on_signals(handler: Callable[[int], None]) -> Iterator[None]:
+    """Route the first SIGINT or SIGTERM to ``handler``; a second one gets the default behaviour."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        for s in previous:
+            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        handler(signum)
+
+    for s in previous:
+        signal.signal(s, on_signal)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _uptime(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{s:02d}s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours < 24 else f"{hours // 24}d{hours % 24:02d}h"
+
+
+# --- the parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument(
+        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=argparse.SUPPRESS,
+        help="logging threshold, on stderr (default: $ZPROKIT_LOG_LEVEL or WARNING)",
+    )
+    keyed = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    keyed.add_argument("--key-file", metavar="FILE", help=f"read the shared key from FILE (default: ${ENV_KEY})")
+    keyed.add_argument("--serializer", choices=["pickle", "json"], default=None, help="must match the main's (default: pickle)")
+    client = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[keyed])
+    client.add_argument(
+        "--connect", metavar="ENDPOINT", default=os.environ.get("ZPROKIT_ENDPOINT"),
+        help="the main's endpoint, e.g. tcp://10.0.0.5:5555 (default: $ZPROKIT_ENDPOINT)",
+    )
+    client.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="how long to wait for the main's answers (default: 10)")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[common], allow_abbrev=False,
+        description="electron-prokit's IPC API over ZeroMQ: run a main, windows, and look at them.",
+        epilog=f"The key never goes on the command line: use --key-file FILE or ${ENV_KEY}.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common, *parents], allow_abbrev=False)
+        p.set_defaults(func=func)
+        return p
+
+    add("demo", cmd_demo, "a main and two windows on this machine, every API call once, with a transcript")
+
+    p = add("main", cmd_main, "run a main until SIGINT or SIGTERM", [keyed])
+    p.add_argument("--bind", metavar="ENDPOINT", default=os.environ.get("ZPROKIT_ENDPOINT", "tcp://127.0.0.1:0"),
+                   help="where to bind the ROUTER (default: $ZPROKIT_ENDPOINT or tcp://127.0.0.1:0, a free port)")
+    p.add_argument("--pub-bind", metavar="ENDPOINT", help="where to bind the broadcast socket (default: same host, a free port)")
+    p.add_argument("app", metavar="APP", help="module:function called with the Main to register its handlers")
+
+    p = add("window", cmd_window, "run a window: connect, call TARGET with it, exit when it returns", [client])
+    name = os.environ.get("ZPROKIT_NAME")
+    p.add_argument("--name", default=name, required=not name, help="the window's name (default: $ZPROKIT_NAME)")
+    p.add_argument("--exit-with-main", action="store_true", help="close the window when the main closes")
+    p.add_argument("target", metavar="TARGET", help="module:function called with the connected Window")
+
+    add("windows", cmd_windows, "list the windows a main has connected", [client])
+
+    p = add("ping", cmd_ping, "measure round trips to a main", [client])
+    p.add_argument("-n", "--count", type=int, default=4, help="how many round trips (default: 4)")
+
+    p = add("keygen", cmd_keygen, "make a new shared key: print it, or write it to a file with mode 0600")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the key to FILE (new; see --force)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zprokit`` command; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", None)
+    if level:
+        os.environ["ZPROKIT_LOG_LEVEL"] = level  # for the window processes that create_window starts
+    level = level or os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (CLIError, ZprokitError) as e:
+        kind = "" if isinstance(e, CLIError) else f"{type(e).__name__}: "
+        print(f"{PROG} {args.command}: error: {kind}{str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
