@@ -2,7 +2,9 @@
 
 Reads its target from the inherited pipe, connects, calls ``target(window)``,
 closes the window and exits: 0 if the target returned, 1 if it raised.
-SIGTERM closes the window cleanly too.
+SIGTERM closes the window cleanly too. With ``exit_with_main`` (the default)
+the window also closes when the process that created it dies, even by
+SIGKILL, so no window outlives its main as an orphan.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import os
 import pickle
 import signal
 import sys
+import threading
 from typing import Any, Callable
 
-from .spawn import ENV_TARGET_FD
+from .spawn import ENV_PARENT_PID, ENV_TARGET_FD
 
 log = logging.getLogger("zprokit.child")
 
@@ -35,29 +38,51 @@ def _read_target() -> Callable[..., Any]:
     return obj
 
 
+def _exit_when_orphaned(parent: int, closed: threading.Event) -> None:
+    """SIGTERM ourselves (closing the window through ``on_term``) once ``parent`` is gone."""
+    while not closed.wait(0.5):
+        if os.getppid() != parent:
+            log.warning("the main process %s that created this window is gone; exiting", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def main() -> int:
     logging.basicConfig(level=os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING"), format="%(name)s: %(message)s")
-    from .window import Window
-
-    target = _read_target()
-    window = Window(
-        serializer=os.environ.get("ZPROKIT_SERIALIZER") or None,
-        exit_with_main=os.environ.get("ZPROKIT_EXIT_WITH_MAIN", "1") == "1",
-    )
+    from .api import init_expose_in_main_world
 
     def on_term(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    exit_with_main = os.environ.get("ZPROKIT_EXIT_WITH_MAIN", "1") == "1"
+    finished = threading.Event()
+    if exit_with_main:
+        # Watched from the start, against the pid our creator gave us: a main that dies
+        # while we are still connecting must not leave us behind either.
+        parent = int(os.environ.get(ENV_PARENT_PID, os.getppid()))
+        threading.Thread(target=_exit_when_orphaned, args=(parent, finished), name="zprokit-orphan-watch", daemon=True).start()
+    window = None
     try:
+        target = _read_target()
+        # The process's default window, so the module-level functions (zprokit.render_msg_to_main, ...)
+        # work in the target as they do after init_expose_in_main_world.
+        window = init_expose_in_main_world(
+            serializer=os.environ.get("ZPROKIT_SERIALIZER") or None,
+            exit_with_main=exit_with_main,
+            heartbeat=float(os.environ.get("ZPROKIT_HEARTBEAT", "1.0")),
+            liveness=int(os.environ.get("ZPROKIT_LIVENESS", "3")),
+        )
         target(window)
     except SystemExit as e:
         return int(e.code or 0)
     except BaseException:
-        log.exception("window %r: target raised", window.name)
+        log.exception("window %r: target raised", os.environ.get("ZPROKIT_NAME"))
         return 1
     finally:
-        window.close()
+        finished.set()
+        if window is not None:
+            window.close()
     return 0
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ["WindowProcess", "create_window"]
 
 ENV_TARGET_FD = "ZPROKIT_TARGET_FD"
+ENV_PARENT_PID = "ZPROKIT_PARENT_PID"
 
 
 class WindowProcess:
@@ -122,6 +123,9 @@ def create_window(
             ENV_KEY_HEX: main.key.hex(),
             "ZPROKIT_SERIALIZER": serializer or main.serializer.name,
             "ZPROKIT_EXIT_WITH_MAIN": "1" if exit_with_main else "0",
+            "ZPROKIT_HEARTBEAT": repr(main.heartbeat),
+            "ZPROKIT_LIVENESS": str(main.liveness),
+            ENV_PARENT_PID: str(os.getpid()),
         }
     )
     # The repository or install that imported us must be importable by the child too.
