@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
+
+def say(line: str) -> None:
+    """One write per line: processes sharing a stdout (PYTHONUNBUFFERED=1) must not split each other's lines."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
 
 def app(main):
     """``zprokit main ... _cli_app:app``: one handler."""
@@ -13,17 +21,17 @@ def app_with_worker(main):
     app(main)
     worker = main.create_window("worker", "_cli_app:serve")
     main.wait_for_window("worker")
-    print(f"worker pid {worker.pid}", flush=True)
+    say(f"worker pid {worker.pid}")
 
 
 def ask(window):
     """``zprokit window ... _cli_app:ask``: one request, then return (the process exits 0)."""
-    print("answer:", window.render_msg_to_main(20, channel="add_one").result(5), flush=True)
+    say(f"answer: {window.render_msg_to_main(20, channel='add_one').result(5)}")
 
 
 def serve(window):
     """Stay connected until closed (or signalled)."""
-    print("ready", flush=True)
+    say("ready")
     window.wait_closed()
 
 
