@@ -37,3 +37,13 @@ def serve(window):
 
 def fail(window):
     raise RuntimeError("this target fails on purpose")
+
+
+def app_liveness(main):
+    """``zprokit main ... _cli_app:app_liveness``: say which liveness settings the Main got."""
+    say(f"main heartbeat {main.heartbeat} liveness {main.liveness}")
+
+
+def liveness(window):
+    """Say which liveness settings the Window got, and return."""
+    say(f"window heartbeat {window.heartbeat} liveness {window.liveness}")

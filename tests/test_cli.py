@@ -305,3 +305,34 @@ def test_a_signal_closes_zprokit_main_promptly_leaving_no_process(signum: int):
         assert gone(worker), f"the main's window process {worker} outlived it"
     finally:
         main.close()
+
+
+# --- liveness settings ------------------------------------------------------------------
+
+
+def test_main_and_window_take_heartbeat_and_liveness(cli_main: SimpleNamespace):
+    main = Background("main", "--bind", "tcp://127.0.0.1:0", "--heartbeat", "0.25", "--liveness", "2",
+                      "_cli_app:app_liveness")
+    try:
+        main.expect(r"^main heartbeat 0\.25 liveness 2$")
+        main.expect(r"^zprokit main: listening on tcp://")
+        status, _ = main.signal(signal.SIGTERM)
+        assert status == 0, main.errors
+    finally:
+        main.close()
+    window = zprokit("window", "--name", "lively", "--connect", cli_main.endpoint, "--heartbeat", "0.3",
+                     "--liveness", "4", "_cli_app:liveness")
+    assert window.returncode == 0, window.stderr
+    assert "window heartbeat 0.3 liveness 4" in window.stdout
+    defaults = zprokit("window", "--name", "plain", "--connect", cli_main.endpoint, "_cli_app:liveness")
+    assert "window heartbeat 1.0 liveness 3" in defaults.stdout, defaults.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--heartbeat", "0"), ("--heartbeat", "-1"), ("--heartbeat", "soon"),
+                                         ("--liveness", "0"), ("--liveness", "1.5")])
+def test_a_bad_heartbeat_or_liveness_is_a_usage_error(flag: str, value: str, capsys: pytest.CaptureFixture[str]):
+    for command in (["main", "_cli_app:app"], ["window", "--name", "w", "_cli_app:serve"]):
+        with pytest.raises(SystemExit) as exit:
+            cli.main([*command[:-1], flag, value, command[-1]])
+        assert exit.value.code == 2
+        assert f"argument {flag}: expected a" in capsys.readouterr().err

@@ -216,3 +216,54 @@ def test_window_gives_up_after_the_configured_time(main):
     assert "gave up" in str(window.close_reason)
     with pytest.raises(zprokit.Closed):
         window.render_msg_to_main("anyone?")
+
+
+def test_a_window_the_main_dropped_rejoins_though_broadcasts_still_reach_it():
+    """The main noticed first: its broadcasts still reach the window, but only answers count as life.
+
+    The window's own liveness (8 heartbeats) outlasts the main's (3), as on a
+    partition the main happens to notice first: frozen for longer than the
+    main waits but not as long as the window would, it wakes up thinking it is
+    still registered. The main ignores its pings now; broadcasts keep coming
+    on the old connection. They must not keep it from rejoining.
+    """
+    key = "lifecycle-test-key"
+    with zprokit.Main("tcp://127.0.0.1:0", key=key, heartbeat=HEARTBEAT, liveness=LIVENESS) as main:
+        came = Inbox()
+        main.on_window_connected(lambda info: came.put(info.name))
+        ready = Inbox()
+        main.on_msg_from_render(lambda event, name: ready.put(name), channel="ready")
+        left = gone_times(main)
+        env = {**os.environ, "ZPROKIT_KEY": key, "PYTHONPATH": TESTS_DIR}
+        window = subprocess.Popen(
+            [sys.executable, "-m", "zprokit", "window", "--name", "lagging", "--connect", main.endpoint,
+             "--heartbeat", str(HEARTBEAT), "--liveness", "8", "_lifecycle_targets:serve"],
+            env=env, stdin=subprocess.DEVNULL,
+        )
+        stop = threading.Event()
+
+        def keep_broadcasting() -> None:
+            while not stop.wait(HEARTBEAT / 4):
+                main.broadcast("still here")
+
+        sender = threading.Thread(target=keep_broadcasting, name="test-broadcasts")
+        try:
+            assert ready.get(timeout=15) == "lagging"  # connected, and its target's callbacks in place
+            os.kill(window.pid, signal.SIGSTOP)
+            try:
+                assert left.get(timeout=FEW_INTERVALS)[0] == "lagging"
+                sender.start()  # broadcasts from now on, every quarter heartbeat
+            finally:
+                os.kill(window.pid, signal.SIGCONT)
+            resumed = time.monotonic()
+            assert came.get(timeout=15) == "lagging"
+            assert came.get(timeout=HEARTBEAT * 8 + FEW_INTERVALS) == "lagging"
+            print(f"\nthe dropped window rejoined {time.monotonic() - resumed:.3f} s after it was resumed, "
+                  f"broadcasts flowing")
+            assert main.main_call_render("lagging", 5, channel="echo").result(5) == 5
+        finally:
+            stop.set()
+            if sender.ident is not None:
+                sender.join(10)
+            window.terminate()
+            window.wait(10)

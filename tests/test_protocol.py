@@ -10,8 +10,8 @@ import pytest
 
 from zprokit import errors
 from zprokit.protocol import (
-    BROADCAST_PREFIX, DENIED, NO_SESSION, VERSION, Header, Kind, Rejected, ReplayGuard, Signer,
-    decode_body, encode_body, error_body, error_from_body, is_denial, pack, unpack,
+    BROADCAST_PREFIX, DENIAL, DENIED, INLINE_MAX, MAC_SIZE, NO_SESSION, VERSION, Header, Kind, Rejected,
+    ReplayGuard, Signer, decode_body, encode_body, error_body, error_from_body, is_denial, pack, unpack,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -20,12 +20,12 @@ KEY = b"test key"
 SIGNER = Signer(KEY)
 S1, S2, S3 = os.urandom(16), os.urandom(16), os.urandom(16)
 FULL = Header(Kind.REQUEST, msg_id=2**64 - 1, seq=7, session=S1, peer_session=S2,
-              source="fenêtre-1", target="主", channel="κανάλι/✓", flags=255)
+              source="fenêtre-1", target="主", channel="κανάλι/✓", flags=0x7F)
 
 
-def flip(frame) -> bytes:
+def flip(frame, at: int | None = None) -> bytes:
     data = bytearray(frame)
-    data[len(data) // 2] ^= 0x01
+    data[len(data) // 2 if at is None else at] ^= 0x01
     return bytes(data)
 
 
@@ -37,7 +37,8 @@ def reason(frames, **kw) -> str:
 
 def signed(head: bytes, *payload: bytes) -> list[bytes]:
     """A message whose MAC is valid whatever the header says: only the parser can refuse it."""
-    return [VERSION, head, SIGNER.sign([VERSION, head, *payload]), *payload]
+    body = VERSION + head
+    return [body + SIGNER.sign([body, *payload]), *payload]
 
 
 # --- round trips ---------------------------------------------------------------------------
@@ -79,34 +80,49 @@ def test_broadcast_round_trip_with_unicode_topic():
 DIRECT = pack(SIGNER, FULL, [b"first payload", b"second payload"])
 BCAST_HEADER = Header(Kind.BROADCAST, seq=9, session=S1, channel="news")
 BCAST = pack(SIGNER, BCAST_HEADER, [b"payload"], topic=b"Bnews")
+HEAD = DIRECT[0]
+HEADER_END = len(VERSION) + len(FULL.encode())
 
 
-@pytest.mark.parametrize("index, expected", [
-    (0, "unknown_version"), (1, "bad_signature"), (2, "bad_signature"),
-    (3, "bad_signature"), (4, "bad_signature"),
+def test_a_small_message_is_one_frame_with_its_first_payload_part_inline():
+    assert len(DIRECT) == 2 and DIRECT[1] == b"second payload"
+    assert HEAD.startswith(VERSION) and HEAD[HEADER_END:-MAC_SIZE] == b"first payload"
+    big = pack(SIGNER, FULL, [b"x" * (INLINE_MAX + 1)])
+    assert len(big) == 2 and unpack(SIGNER, big).payload == (b"x" * (INLINE_MAX + 1),)  # large: its own frame
+    assert len(pack(SIGNER, FULL)) == 1
+
+
+# every region of the head frame, then the second frame
+@pytest.mark.parametrize("frame, at, expected", [
+    (0, 0, "unknown_version"), (0, len(VERSION) - 1, "unknown_version"),
+    (0, len(VERSION), "bad_signature"), (0, HEADER_END - 1, "bad_signature"),  # header
+    (0, HEADER_END, "bad_signature"), (0, len(HEAD) - MAC_SIZE - 1, "bad_signature"),  # inline payload
+    (0, len(HEAD) - MAC_SIZE, "bad_signature"), (0, len(HEAD) - 1, "bad_signature"),  # MAC
+    (1, 0, "bad_signature"), (1, None, "bad_signature"),
 ])
-def test_each_altered_frame_is_rejected(index, expected):
+def test_each_altered_region_is_rejected(frame, at, expected):
     frames = list(DIRECT)
-    frames[index] = flip(frames[index])
+    frames[frame] = flip(frames[frame], at)
     assert reason(frames) == expected
 
 
-@pytest.mark.parametrize("index, expected", [
-    (0, "bad_signature"), (1, "unknown_version"), (2, "bad_signature"),
-    (3, "bad_signature"), (4, "bad_signature"),
+@pytest.mark.parametrize("frame, at, expected", [
+    (0, None, "bad_signature"), (1, 0, "unknown_version"), (1, None, "bad_signature"),
+    (1, -1, "bad_signature"),
 ])
-def test_each_altered_broadcast_frame_is_rejected(index, expected):
+def test_each_altered_broadcast_frame_is_rejected(frame, at, expected):
     frames = list(BCAST)
-    frames[index] = flip(frames[index])
+    frames[frame] = flip(frames[frame], at)
     assert reason(frames, with_topic=True) == expected
 
 
 def test_frames_added_dropped_or_resplit_are_rejected():
     assert reason(DIRECT + [b""]) == "bad_signature"
     assert reason(DIRECT[:-1]) == "bad_signature"
-    joined = DIRECT[3] + DIRECT[4]  # same bytes, split elsewhere
-    assert reason(DIRECT[:3] + [joined[:5], joined[5:]]) == "bad_signature"
-    assert reason(DIRECT[:3] + [joined]) == "bad_signature"
+    joined = HEAD[:-MAC_SIZE] + DIRECT[1]  # the same bytes, split elsewhere
+    cut = HEADER_END + 5
+    assert reason([joined[:cut] + HEAD[-MAC_SIZE:], joined[cut:]]) == "bad_signature"
+    assert reason([joined + HEAD[-MAC_SIZE:]]) == "bad_signature"
 
 
 def test_topic_frame_cannot_pass_for_a_payload_frame_or_back():
@@ -124,7 +140,7 @@ def test_signed_topic_must_match_the_header():
 
 def test_wrong_key_and_wrong_signature_size_are_bad_signature():
     assert reason(pack(Signer(b"other key"), FULL, [b"x"])) == "bad_signature"
-    assert reason(DIRECT[:2] + [DIRECT[2][:-1]] + DIRECT[3:]) == "bad_signature"
+    assert reason([HEAD[:-1]] + DIRECT[1:]) == "bad_signature"  # a MAC one byte short
     with pytest.raises(ValueError):
         Signer(b"")
 
@@ -132,9 +148,10 @@ def test_wrong_key_and_wrong_signature_size_are_bad_signature():
 def test_truncated_and_foreign_messages():
     assert reason([]) == "malformed"
     assert reason([VERSION]) == "malformed"
-    assert reason(DIRECT[:2]) == "malformed"
+    assert reason([HEAD[: HEADER_END - 1]]) == "malformed"
     assert reason([b"ZPK0/md5"]) == "unknown_version"
-    assert reason([b"ZPK2/blake3"] + DIRECT[1:]) == "unknown_version"
+    assert reason([b"ZPK1/hmac-sha256" + HEAD[len(VERSION):]] + DIRECT[1:]) == "unknown_version"
+    assert reason([b"ZPK2/blake3\0\0\0\0\0" + HEAD[len(VERSION):]] + DIRECT[1:]) == "unknown_version"
     assert reason([], with_topic=True) == "malformed"
     assert isinstance(Rejected("malformed"), errors.ProtocolError)
 
@@ -147,13 +164,18 @@ def test_validly_signed_but_unparsable_headers_are_malformed():
         assert reason(signed(bad, b"payload")) == "malformed"
         with pytest.raises(Rejected):
             Header.decode(bad)
+    # an inline length that runs past the head
+    lying = bytearray(head)
+    lying[1] |= 0x80
+    lying[len(head) - 2 - 4 : len(head) - 2] = (10**6).to_bytes(4, "little")
+    assert reason(signed(bytes(lying))) == "malformed"
 
 
 def test_max_size_counts_every_frame_before_the_mac():
     total = sum(len(f) for f in DIRECT)
     assert unpack(SIGNER, DIRECT, max_size=total).header == FULL
     assert reason(DIRECT, max_size=total - 1) == "oversized"
-    assert reason(DIRECT[:3] + [b"x" * total], max_size=total) == "oversized"  # unsigned, still counted
+    assert reason(DIRECT[:1] + [b"x" * total], max_size=total) == "oversized"  # unsigned, still counted
     assert reason(BCAST, max_size=sum(len(f) for f in BCAST[1:]), with_topic=True) == "oversized"
 
 
@@ -240,9 +262,10 @@ def test_streams_are_counted_separately():
 # --- denial, control bodies, errors -------------------------------------------------------
 
 def test_is_denial():
-    assert is_denial([VERSION, DENIED]) and is_denial([memoryview(VERSION), bytearray(DENIED)])
-    assert not is_denial([VERSION, DENIED, b""])
-    assert not is_denial([b"ZPK2/blake3", DENIED])
+    assert DENIAL == [VERSION + DENIED]
+    assert is_denial(DENIAL) and is_denial([memoryview(VERSION + DENIED)])
+    assert not is_denial(DENIAL + [b""])
+    assert not is_denial([b"ZPK2/blake3" + DENIED])
     assert not is_denial(pack(SIGNER, Header(Kind.REFUSE)))
 
 

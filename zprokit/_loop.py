@@ -1,10 +1,15 @@
-"""The one I/O thread that owns a node's sockets.
+"""The one I/O thread that reads a node's sockets.
 
-Nothing else touches the sockets. Other threads hand work over with
-``call_soon`` (a deque plus an eventfd wake-up, polled beside the sockets),
+The loop thread alone receives. Other threads hand work over with
+``call_soon`` (a deque plus an eventfd wake-up, polled beside the sockets)
 and get answers back through futures. Each wake-up drains every ready
 message of every socket and every queued call, so work is handed over in
 batches. Timers (request deadlines, heartbeats) live in a heap here too.
+
+Sending is the one exception, for speed: a thread handoff under the GIL
+costs tens of microseconds, so the sockets that carry requests and replies
+are ``SharedSocket``s, on which any thread may send under a lock while the
+loop watches their ``ZMQ_FD``; see that class for how that stays correct.
 """
 
 from __future__ import annotations
@@ -68,19 +73,81 @@ class _Waker:
                 os.close(self._w)
 
 
+class SharedSocket:
+    """A socket that any thread may send on, under a lock, while the loop thread receives.
+
+    ZeroMQ sockets are not thread-safe: the lock serializes every use, and is
+    the full memory barrier ZeroMQ asks for when a socket changes threads.
+    The loop polls the socket's ``ZMQ_FD``, a plain descriptor, so waiting
+    never touches the socket. That descriptor is edge-triggered, and any
+    operation on the socket (a send included) may consume the edge; so after
+    every send we look at ``ZMQ_EVENTS`` and wake the loop if input waits,
+    and the loop drains every shared socket on every wake-up.
+    """
+
+    BATCH = 256  # messages per drain, so senders are never locked out for long
+
+    def __init__(self, socket: zmq.Socket, loop: "IOLoop") -> None:
+        self.socket = socket
+        self.lock = threading.Lock()
+        self.closed = False
+        self.fd: int = socket.getsockopt(zmq.FD)
+        self._loop = loop
+
+    def send(self, frames: list[Any]) -> None:
+        """Send now, from any thread; raises ``zmq.ZMQError`` (``EAGAIN``, ``EHOSTUNREACH`` ...)."""
+        with self.lock:
+            self.send_locked(frames)
+
+    def send_locked(self, frames: list[Any]) -> None:
+        """``send`` for a caller that holds ``lock`` (to number and send in one step)."""
+        if self.closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK, "socket closed")
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        finally:
+            if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._loop.wake()
+
+    def drain(self) -> list[list[zmq.Frame]]:
+        """Up to ``BATCH`` waiting messages. Loop thread only."""
+        batch: list[list[zmq.Frame]] = []
+        with self.lock:
+            if self.closed:
+                return batch
+            socket = self.socket
+            # ZMQ_EVENTS, not recv until EAGAIN: raising zmq.Again costs more than asking
+            while len(batch) < self.BATCH and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                batch.append(socket.recv_multipart(zmq.NOBLOCK, copy=False))
+        return batch
+
+    def close(self, linger_ms: int) -> None:
+        with self.lock:
+            if not self.closed:
+                self.closed = True
+                self.socket.close(linger_ms)
+
+
 class IOLoop:
     """A thread that polls sockets, runs queued calls and fires timers."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._poller = zmq.Poller()
-        self._handlers: dict[Any, Callable[[], None]] = {}
+        # sockets only the loop touches, by ZMQ_FD: polling plain descriptors is one system
+        # call, where zmq_poll on socket items makes several per socket
+        self._handlers: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
+        self._recheck: set[int] = set()
+        self._shared: dict[SharedSocket, Callable[[list[zmq.Frame]], None]] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timers_lock = threading.Lock()
         self._timer_ids = itertools.count()
+        self._wait_until = 0.0  # when the loop's current poll times out at the latest
         self._waker = _Waker()
         self._poller.register(self._waker.fd, zmq.POLLIN)
         self._woken = False
+        self._more = False  # a shared socket had a full batch: poll without waiting
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._on_stop: Callable[[], None] | None = None
@@ -88,13 +155,28 @@ class IOLoop:
     # --- for the owner, before start ------------------------------------------------
 
     def add_socket(self, socket: zmq.Socket, on_readable: Callable[[], None]) -> None:
-        """Watch ``socket``; ``on_readable`` runs on the loop when it has input."""
-        self._handlers[socket] = on_readable
-        self._poller.register(socket, zmq.POLLIN)
+        """Watch ``socket`` (the loop's alone); ``on_readable`` runs on the loop while it has input."""
+        fd = socket.getsockopt(zmq.FD)
+        self._handlers[fd] = (socket, on_readable)
+        self._poller.register(fd, zmq.POLLIN)
+        self._recheck.add(fd)  # input may be waiting already: the descriptor only signals changes
+        self._more = True
 
     def remove_socket(self, socket: zmq.Socket) -> None:
-        if self._handlers.pop(socket, None) is not None:
-            self._poller.unregister(socket)
+        for fd, (sock, _) in list(self._handlers.items()):
+            if sock is socket:
+                del self._handlers[fd]
+                self._poller.unregister(fd)
+                self._recheck.discard(fd)
+
+    def add_shared(self, shared: SharedSocket, on_message: Callable[[list[zmq.Frame]], None]) -> None:
+        """Watch ``shared``; ``on_message(frames)`` runs on the loop for each message it receives."""
+        self._shared[shared] = on_message
+        self._poller.register(shared.fd, zmq.POLLIN)
+
+    def remove_shared(self, shared: SharedSocket) -> None:
+        if self._shared.pop(shared, None) is not None:
+            self._poller.unregister(shared.fd)
 
     def start(self, on_stop: Callable[[], None] | None = None) -> None:
         """Start the thread; ``on_stop`` runs on it last, to close the sockets."""
@@ -114,13 +196,21 @@ class IOLoop:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread, in order with other calls."""
         self._calls.append(fn)
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the loop look at its sockets and queue now."""
         if not self._woken:
             self._woken = True
             self._waker.wake()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the loop after ``delay`` seconds. Loop thread only."""
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), fn))
+        """Run ``fn`` on the loop thread after ``delay`` seconds. From any thread."""
+        when = time.monotonic() + delay
+        with self._timers_lock:
+            heapq.heappush(self._timers, (when, next(self._timer_ids), fn))
+        if when < self._wait_until and not self.in_loop:
+            self.wake()  # the loop sleeps past it: let it recompute
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Ask the loop to finish and wait up to ``timeout`` s; True once its thread has ended."""
@@ -160,26 +250,58 @@ class IOLoop:
 
     def _run_once(self) -> None:
         timeout_ms: int | None = None
-        if self._calls:
+        self._wait_until = float("inf")
+        if self._calls or self._more:
             timeout_ms = 0
         elif self._timers:
-            timeout_ms = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
-        events = self._poller.poll(timeout_ms)
-        for sock, _ in events:
-            handler = self._handlers.get(sock)
-            if handler is not None:
-                self._guarded(handler)
-            elif sock == self._waker.fd:
-                self._woken = False
-                self._waker.drain()
+            self._wait_until = self._timers[0][0]
+            timeout_ms = max(0, int((self._wait_until - time.monotonic()) * 1000) + 1)
+        ready = {fd for fd, _ in self._poller.poll(timeout_ms)}
+        self._wait_until = 0.0
+        woken = self._waker.fd in ready
+        if woken:
+            # Drain first, then clear: cleared first, a wake() in between would write to the
+            # eventfd, the drain would swallow it, and every later wake() would see the flag
+            # still set and skip writing: a lost wake-up, for good.
+            self._waker.drain()
+            self._woken = False
+        more = self._more
+        self._more = False
+        recheck, self._recheck = self._recheck, set()
+        for fd in ready | recheck:
+            self._serve_socket(fd)
+        for shared, on_message in list(self._shared.items()):
+            if not (woken or more or shared.fd in ready):
+                continue  # nothing new: its descriptor would have fired, or a sender woken us
+            batch = shared.drain()
+            self._more |= len(batch) == shared.BATCH
+            for frames in batch:
+                try:
+                    on_message(frames)
+                except Exception:
+                    log.exception("%s: error handling a message", self.name)
         calls = self._calls
         for _ in range(len(calls)):
             self._guarded(calls.popleft())
         if self._timers:
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
-                _, _, fn = heapq.heappop(self._timers)
+                with self._timers_lock:
+                    _, _, fn = heapq.heappop(self._timers)
                 self._guarded(fn)
+
+    def _serve_socket(self, fd: int) -> None:
+        """Call the handler of a loop-only socket while it has input (bounded; the rest next turn)."""
+        for _ in range(SharedSocket.BATCH):
+            entry = self._handlers.get(fd)
+            if entry is None:
+                return  # its handler removed it
+            socket, handler = entry
+            if socket.closed or not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            self._guarded(handler)
+        self._recheck.add(fd)
+        self._more = True
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         # One faulty call must not take the node's sockets down with it.

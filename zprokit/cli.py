@@ -1,7 +1,10 @@
 """The ``zprokit`` command: demo, main, window, windows, ping, keygen.
 
 The key is never a command-line value (``ps`` shows those to every user):
-it comes from ``--key-file`` or the ``ZPROKIT_KEY`` environment variable.
+it comes from ``--key-file`` or the ``ZPROKIT_KEY`` (``ZPROKIT_KEY_FILE``)
+environment variable; a key file that other users can read is refused.
+CURVE keys come from files too (``--curve-secret-file``, ``--curve-allow``,
+``--curve-server-key``); ``keygen --curve`` makes a keypair.
 User errors (a wrong key, a main that does not answer, a taken name, a bad
 ``module:function``) end with one line on stderr and exit status 1; usage
 errors with status 2; Ctrl-C in a short command with 130. ``main`` and
@@ -32,7 +35,7 @@ from . import __version__
 from .api import init_expose_in_main_world
 from .errors import ZprokitError
 from .main import Main
-from .security import ENV_KEY, env_key, generate_key
+from .security import ENV_KEY, ENV_KEY_FILE, env_key, generate_key, read_curve_allow_file, read_key_file, read_secret
 from .window import Window
 
 log = logging.getLogger(__name__)
@@ -62,14 +65,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_main(args: argparse.Namespace) -> int:
     app = _load(args.app, "APP")
     key = _key_from_file(args)
+    curve = _curve_main_options(args)
     stop = threading.Event()
     with _on_signals(lambda signum: stop.set()):
         try:
-            node = Main(args.bind, key=key, pub_endpoint=args.pub_bind, serializer=args.serializer)
+            node = Main(args.bind, key=key, pub_endpoint=args.pub_bind, serializer=args.serializer,
+                        heartbeat=args.heartbeat, liveness=args.liveness, **curve)
         except (ValueError, zmq.ZMQError) as e:
             raise CLIError(f"cannot start a main on {args.bind}: {e}") from None
         with node:
-            if key is None and env_key() is None:
+            if key is None and env_key() is None and not curve:
                 log.warning("no key given: a random one is in force, so only windows made with create_window can join")
             app(node)
             _out(f"zprokit main: listening on {node.endpoint} (broadcasts on {node.pub_endpoint})")
@@ -87,7 +92,8 @@ def cmd_window(args: argparse.Namespace) -> int:
 
     with _on_signals(stop):
         try:
-            window = _connect(init_expose_in_main_world, args.name, exit_with_main=args.exit_with_main, **options)
+            window = _connect(init_expose_in_main_world, args.name, exit_with_main=args.exit_with_main,
+                              heartbeat=args.heartbeat, liveness=args.liveness, **options)
         except _Stop:
             return 0
         try:
@@ -149,22 +155,45 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.curve:
+        return _curve_keygen(args)
     key = generate_key().decode()
     if args.output is None:
         _out(key)
         return 0
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if args.force else os.O_EXCL)
-    try:
-        fd = os.open(args.output, flags, 0o600)
-    except FileExistsError:
-        raise CLIError(f"{args.output} exists; pass --force to replace it") from None
-    except OSError as e:
-        raise CLIError(f"cannot write {args.output}: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(fd, 0o600)  # a replaced file keeps its old mode otherwise
-        f.write(key + "\n")
+    _write_new(args.output, key, 0o600, args.force)
     _out(f"zprokit keygen: wrote a new key to {args.output} (mode 0600); use it with --key-file or {ENV_KEY}")
     return 0
+
+
+def _curve_keygen(args: argparse.Namespace) -> int:
+    """A CURVE keypair: the secret in FILE (mode 0600), the public key in FILE.pub."""
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    if args.output is None:
+        _out(f"public-key {public}")
+        _out(f"secret-key {secret}")
+        return 0
+    public_file = args.output + ".pub"
+    if not args.force and os.path.exists(public_file):
+        raise CLIError(f"{public_file} exists; pass --force to replace it")
+    _write_new(args.output, secret, 0o600, args.force)
+    _write_new(public_file, public, 0o644, True)
+    _out(f"zprokit keygen: wrote a CURVE secret key to {args.output} (mode 0600) and its public key to {public_file}:")
+    _out(f"public-key {public}")
+    return 0
+
+
+def _write_new(path: str, text: str, mode: int, replace: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if replace else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise CLIError(f"{path} exists; pass --force to replace it") from None
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, mode)  # a replaced file keeps its old mode otherwise
+        f.write(text + "\n")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -198,20 +227,51 @@ def _load(spec: str, what: str) -> Callable[..., Any]:
 
 
 def _key_from_file(args: argparse.Namespace) -> bytes | None:
-    """The key in ``--key-file`` (stripped), or None to let the library read ``ZPROKIT_KEY``."""
+    """The key in ``--key-file`` (stripped), or None to let the library read ``ZPROKIT_KEY``.
+
+    The library's own ``read_key_file``: a file other users can read is refused.
+    """
     if not args.key_file:
         return None
+    return _read(read_key_file, args.key_file, "key file")
+
+
+def _read(reader: Callable[[str], Any], path: str, what: str) -> Any:
     try:
-        with open(args.key_file, "rb") as f:
-            key = f.read().strip()
-            mode = os.fstat(f.fileno()).st_mode
+        return reader(path)
     except OSError as e:
-        raise CLIError(f"cannot read key file {args.key_file}: {e.strerror}") from None
-    if not key:
-        raise CLIError(f"key file {args.key_file} is empty")
-    if mode & 0o077:
-        log.warning("key file %s can be read by other users; chmod 600 it", args.key_file)
-    return key
+        raise CLIError(f"cannot read {what} {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _curve_main_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``curve_secret_key`` and ``curve_allow`` for a ``Main``, from ``--curve-secret-file`` and ``--curve-allow``."""
+    if not args.curve_secret_file and not args.curve_allow:
+        return {}
+    if not (args.curve_secret_file and args.curve_allow):
+        raise CLIError("CURVE needs both --curve-secret-file (the main's secret key) and --curve-allow FILE")
+    return {
+        "curve_secret_key": _read(lambda p: read_secret(p, "CURVE secret key file"), args.curve_secret_file, "CURVE secret key file"),
+        "curve_allow": _read(read_curve_allow_file, args.curve_allow, "CURVE allow-list"),
+    }
+
+
+def _curve_window_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``curve_secret_key`` and ``curve_server_key`` for a ``Window``."""
+    if not args.curve_secret_file and not args.curve_server_key:
+        return {}
+    if not (args.curve_secret_file and args.curve_server_key):
+        raise CLIError("CURVE needs both --curve-secret-file (this window's secret key) and --curve-server-key FILE")
+    return {
+        "curve_secret_key": _read(lambda p: read_secret(p, "CURVE secret key file"), args.curve_secret_file, "CURVE secret key file"),
+        "curve_server_key": _read(_read_public, args.curve_server_key, "CURVE server key file"),
+    }
+
+
+def _read_public(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read().strip()
 
 
 def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -219,12 +279,15 @@ def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
     if not args.connect:
         raise CLIError("no endpoint: pass --connect ENDPOINT or set ZPROKIT_ENDPOINT")
     key = _key_from_file(args)
+    curve = _curve_window_options(args)
     try:
-        if key is None and env_key() is None:
-            raise CLIError(f"no key: set {ENV_KEY} or pass --key-file FILE (make one with `zprokit keygen`)")
+        if key is None and not curve and env_key() is None:
+            raise CLIError(
+                f"no key: set {ENV_KEY} or {ENV_KEY_FILE}, or pass --key-file FILE (make one with `zprokit keygen`)"
+            )
     except ValueError as e:
         raise CLIError(str(e)) from None
-    return {"endpoint": args.connect, "key": key, "timeout": args.timeout, "serializer": args.serializer}
+    return {"endpoint": args.connect, "key": key, "timeout": args.timeout, "serializer": args.serializer, **curve}
 
 
 def _connect(factory: Callable[..., Window], name: str, **options: Any) -> Window:
@@ -237,7 +300,8 @@ def _connect(factory: Callable[..., Window], name: str, **options: Any) -> Windo
 
 @contextmanager
 def _temporary_window(args: argparse.Namespace) -> Iterator[Window]:
-    name = f"zprokit-cli-{os.getpid()}-{secrets.token_hex(3)}"
+    # Under CURVE a key may only connect as the name it is listed for: --name gives that name.
+    name = args.name or f"zprokit-cli-{os.getpid()}-{secrets.token_hex(3)}"
     with _connect(Window, name, workers=1, reconnect=False, **_connect_options(args)) as window:
         yield window
 
@@ -259,6 +323,21 @@ def _on_signals(handler: Callable[[int], None]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` for a number above zero (a usage error otherwise)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} above 0, got {text!r}")
+        return value
+
+    return parse
 
 
 def _uptime(seconds: float) -> str:
@@ -283,12 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     keyed = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     keyed.add_argument("--key-file", metavar="FILE", help=f"read the shared key from FILE (default: ${ENV_KEY})")
     keyed.add_argument("--serializer", choices=["pickle", "json"], default=None, help="must match the main's (default: pickle)")
+    keyed.add_argument("--curve-secret-file", metavar="FILE",
+                       help="CURVE: this node's secret key, from `zprokit keygen --curve -o FILE` (mode 0600)")
     client = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[keyed])
+    client.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the main's public key (its FILE.pub)")
     client.add_argument(
         "--connect", metavar="ENDPOINT", default=os.environ.get("ZPROKIT_ENDPOINT"),
         help="the main's endpoint, e.g. tcp://10.0.0.5:5555 (default: $ZPROKIT_ENDPOINT)",
     )
     client.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="how long to wait for the main's answers (default: 10)")
+    # Both ends of a link should agree on these: each side declares the other dead on its own count.
+    live = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    live.add_argument("--heartbeat", type=_positive(float), default=1.0, metavar="SECONDS",
+                      help="liveness interval; give the main and its windows the same (default: 1)")
+    live.add_argument("--liveness", type=_positive(int), default=3, metavar="N",
+                      help="a peer silent for N heartbeats is dead (default: 3)")
 
     parser = argparse.ArgumentParser(
         prog=PROG, parents=[common], allow_abbrev=False,
@@ -305,25 +393,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", cmd_demo, "a main and two windows on this machine, every API call once, with a transcript")
 
-    p = add("main", cmd_main, "run a main until SIGINT or SIGTERM", [keyed])
+    p = add("main", cmd_main, "run a main until SIGINT or SIGTERM", [keyed, live])
     p.add_argument("--bind", metavar="ENDPOINT", default=os.environ.get("ZPROKIT_ENDPOINT", "tcp://127.0.0.1:0"),
                    help="where to bind the ROUTER (default: $ZPROKIT_ENDPOINT or tcp://127.0.0.1:0, a free port)")
     p.add_argument("--pub-bind", metavar="ENDPOINT", help="where to bind the broadcast socket (default: same host, a free port)")
+    p.add_argument("--curve-allow", metavar="FILE",
+                   help="CURVE: the windows allowed in, one 'name public-key' per line; each key only as its name")
     p.add_argument("app", metavar="APP", help="module:function called with the Main to register its handlers")
 
-    p = add("window", cmd_window, "run a window: connect, call TARGET with it, exit when it returns", [client])
+    p = add("window", cmd_window, "run a window: connect, call TARGET with it, exit when it returns", [client, live])
     name = os.environ.get("ZPROKIT_NAME")
     p.add_argument("--name", default=name, required=not name, help="the window's name (default: $ZPROKIT_NAME)")
     p.add_argument("--exit-with-main", action="store_true", help="close the window when the main closes")
     p.add_argument("target", metavar="TARGET", help="module:function called with the connected Window")
 
-    add("windows", cmd_windows, "list the windows a main has connected", [client])
+    short_lived = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[client])
+    short_lived.add_argument("--name", help="connect as this window name (default: a random zprokit-cli-...; "
+                                            "under CURVE, the name the key is listed for)")
+    add("windows", cmd_windows, "list the windows a main has connected", [short_lived])
 
-    p = add("ping", cmd_ping, "measure round trips to a main", [client])
+    p = add("ping", cmd_ping, "measure round trips to a main", [short_lived])
     p.add_argument("-n", "--count", type=int, default=4, help="how many round trips (default: 4)")
 
-    p = add("keygen", cmd_keygen, "make a new shared key: print it, or write it to a file with mode 0600")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the key to FILE (new; see --force)")
+    p = add("keygen", cmd_keygen, "make a new shared key (or CURVE keypair): print it, or write it to a file with mode 0600")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the key to FILE (new; see --force); with --curve, the public key to FILE.pub")
+    p.add_argument("--curve", action="store_true", help="make a CURVE keypair instead of a shared key")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     return parser
 

@@ -14,13 +14,18 @@ a second connection that claims a routing id in use):
    name it wants; the main answers REFUSE (``NameInUse``, serializer
    mismatch) or WELCOME with its session, the PUB address and a nonce, and
    reserves the name for that nonce for a while;
-2. the window connects its DEALER under the name (the ROUTER has
-   ``ROUTER_HANDOVER``, so a half-open old connection cannot block it) and its
+2. the window connects its DEALER under the routing id ``name\0nonce`` (the
+   ROUTER has ``ROUTER_HANDOVER``, so a half-open old connection cannot block
+   it; and since handover gives a routing id to whoever claims it last, the
+   nonce is what keeps a stranger from claiming the window's route) and its
    SUB, subscribes to a control topic that names the nonce, and sends
    REGISTER with the nonce;
 3. the main registers the window and answers REGISTERED once the XPUB has
    seen the control subscription too, so both channels are live when
    ``init_expose_in_main_world`` returns.
+
+Under CURVE, each step also checks the ZAP User-Id (the name the window's key
+is listed for) against the name claimed: in HELLO, then in the routing id.
 """
 
 from __future__ import annotations
@@ -41,14 +46,15 @@ import zmq
 
 from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
-from ._common import DEFAULT_TIMEOUT, MAIN_NAME, check_channel, check_timeout, fail
+from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
-from ._loop import IOLoop
+from ._loop import IOLoop, SharedSocket
 from .errors import Closed, NoHandler, PeerLost, Timeout, WindowNotFound
 from .events import Event, WindowInfo
 from .protocol import Header, Kind, Rejected
-from .security import resolve_key
+from ._ratelimit import RateLimitedLog
+from .security import REJECTION_REASONS, CurveServer, ZapHandler, check_window_name, resolve_key, user_id
 from .serializers import Serializer, get_serializer
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,10 @@ class _Window:
     session: bytes
     last_seen: float  # time.monotonic() of its last verified message
     messages: int = 0
+    # Its DEALER's routing id, b"name\0nonce": the nonce (from WELCOME) keeps anyone who can
+    # merely connect from taking the window's route over (ROUTER_HANDOVER gives a routing id
+    # to whoever claims it last).
+    ident: bytes = b""
 
 
 @dataclass
@@ -72,12 +82,6 @@ class _Reservation:
     nonce: str
     expires: float
     hello: dict[str, Any]
-
-
-@dataclass
-class _Pending:
-    future: ReplyFuture
-    target: str
 
 
 @dataclass
@@ -94,13 +98,28 @@ class Main:
     """The main process's node. See the module docstring for how it works.
 
     Parameters: ``endpoint`` to bind the ROUTER (``tcp://127.0.0.1:0`` picks a
-    free port; ``main.endpoint`` tells the bound one); ``key`` (bytes or str;
-    else ``ZPROKIT_KEY``; else random, loopback and ipc only);
+    free port; ``main.endpoint`` tells the bound one); ``key`` (bytes or str),
+    else ``key_file`` (a file only its owner can read), else ``ZPROKIT_KEY``,
+    else ``ZPROKIT_KEY_FILE``, else (with CURVE) derived from the CURVE key,
+    else random, loopback and ipc only;
     ``pub_endpoint`` for the broadcast socket (default: same host, any port);
     ``request_timeout``, the default timeout of requests in seconds; ``workers``, the handler pool's
-    size; ``serializer`` (``"pickle"`` or ``"json"``); ``max_message_size``,
-    the largest message accepted, in bytes; ``context``, a ``zmq.Context`` to
+    size; ``serializer`` (``"pickle"`` or ``"json"``); ``context``, a ``zmq.Context`` to
     use instead of a private one.
+
+    Limits: ``max_payload``, the largest message (all its frames, so the
+    serialized payload plus about 100 bytes) the main reads; a bigger one is
+    dropped unread, unverified, and counted in ``stats()["rejected"]["oversized"]``.
+    ``max_message_size`` sets ZeroMQ's ``MAXMSGSIZE`` on both sockets (and
+    caps the same total): libzmq closes a connection that sends a larger
+    frame before any of it reaches Python, so that shows only as a
+    ``stats()["disconnects"]``, and the peer's ZeroMQ reconnects.
+
+    CURVE: ``curve_secret_key`` (this main's, z85 or 32 bytes;
+    ``curve_public_key`` is derived, or checked if given) and ``curve_allow``,
+    ``{window name: public key}``: both sockets become CURVE servers, only
+    listed keys get in (a ZAP handler on this main's context, served from its
+    I/O thread), and each key only as its own window name. See SECURITY.md.
 
     Liveness: windows ping the main when they have been quiet for a
     ``heartbeat`` (the main answers on its I/O thread, whatever its handlers
@@ -126,13 +145,29 @@ class Main:
         liveness: int = 3,
         linger: float = 1.0,
         context: zmq.Context | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        max_payload: int | None = None,
+        curve_secret_key: bytes | str | None = None,
+        curve_public_key: bytes | str | None = None,
+        curve_allow: Mapping[str, bytes | str] | None = None,
     ) -> None:
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT") or DEFAULT_ENDPOINT
+        self._curve: CurveServer | None = None
+        if curve_secret_key is not None:
+            self._curve = CurveServer.create(curve_secret_key, curve_public_key, curve_allow)
+        elif curve_allow is not None or curve_public_key is not None:
+            raise ValueError("CURVE needs curve_secret_key, the main's secret key (make a pair with `zprokit keygen --curve`)")
+        self.curve_public_key: bytes | None = self._curve.public_key if self._curve else None
+        for limit, what in ((max_payload, "max_payload"), (max_message_size, "max_message_size")):
+            if limit is not None and (not isinstance(limit, int) or limit <= 0):
+                raise ValueError(f"{what} must be a positive number of bytes, got {limit!r}")
+        self.max_payload = max_payload
+        self._max_size = min((n for n in (max_payload, max_message_size) if n is not None), default=None)
         self.heartbeat = check_timeout(heartbeat)
         if liveness < 1:
             raise ValueError("liveness must be at least 1 heartbeat")
         self.liveness = int(liveness)
-        self.key = resolve_key(key, endpoint=endpoint, role="main")
+        self.key = resolve_key(key, key_file=key_file, endpoint=endpoint, role="main", curve_server_key=self.curve_public_key)
         self.request_timeout = check_timeout(request_timeout)
         self.serializer = get_serializer(serializer)
         self.max_message_size = max_message_size
@@ -144,11 +179,18 @@ class Main:
 
         self._router = self._ctx.socket(zmq.ROUTER)
         self._pub = self._ctx.socket(zmq.XPUB)
+        self._zap: ZapHandler | None = None
         try:
+            if self._curve is not None:
+                # Bound before the sockets: with no ZAP handler, libzmq lets every CURVE client in.
+                self._zap = ZapHandler(self._ctx, self._curve.names, self._on_zap_denied)
+                self._zap.start()
             for sock in (self._router, self._pub):
                 sock.setsockopt(zmq.LINGER, self._linger_ms)
                 if max_message_size is not None:
                     sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+                if self._curve is not None:
+                    self._curve.apply(sock)
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
             self._router.bind(_bindable(endpoint))
@@ -158,6 +200,8 @@ class Main:
         except Exception:
             self._router.close(0)
             self._pub.close(0)
+            if self._zap is not None:
+                self._zap.stop()
             if self._own_context:
                 self._ctx.term()
             raise
@@ -169,14 +213,16 @@ class Main:
         self._reservations: dict[str, _Reservation] = {}
         self._subscriptions: set[bytes] = set()
         self._awaiting_sub: dict[bytes, str] = {}
-        self._pending: dict[int, _Pending] = {}
         self._routes: dict[int, _Route] = {}
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
         self._bseq = itertools.count(1)
         self._ids = itertools.count(1)
-        self._stats: Counter[str] = Counter()
+        self._stats: Counter[str] = Counter()  # counted on the loop thread, or under the router's lock
+        self._broadcasts = 0  # counted under the PUB socket's lock
         self._rejected: Counter[str] = Counter()
+        self._warn = RateLimitedLog(log)
+        self._sweep_due = False
 
         # user-facing state, shared
         self._handlers: dict[str, tuple[Callable[..., Any], bool]] = {}
@@ -193,12 +239,18 @@ class Main:
 
         self._dispatch = Dispatcher(f"zprokit-main-{os.getpid()}", workers)
         self._loop = IOLoop(f"zprokit-main-io-{os.getpid()}")
-        self._loop.add_socket(self._router, self._on_router)
-        self._loop.add_socket(self._pub, self._on_xpub)
+        self._pending = PendingRequests(self._loop)
+        # Any thread sends (numbering and signing under the socket's lock); the loop reads.
+        self._router_s = SharedSocket(self._router, self._loop)
+        self._pub_s = SharedSocket(self._pub, self._loop)
+        self._loop.add_shared(self._router_s, self._on_message)
+        self._loop.add_shared(self._pub_s, self._on_xpub)
         # A closed connection (a window that crashed, on this host or another) shows up
         # here at once; heartbeats are only needed for links that die without a word.
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._loop.add_socket(self._monitor, self._on_monitor)
+        if self._zap is not None:
+            self._loop.add_socket(self._zap.zap_socket, self._zap.on_readable)
         self._loop.start(on_stop=self._close_sockets)
         self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._check_liveness))
         log.info("main listening on %s (broadcasts on %s)", self.endpoint, self.pub_endpoint)
@@ -260,8 +312,8 @@ class Main:
         check_channel(channel)
         if name not in self._windows:
             raise WindowNotFound(name)
-        payload = self.serializer.dumps(msg)
-        self._loop.call_soon(lambda: self._send_to(name, Kind.MESSAGE, 0, channel, payload, origin=""))
+        if not self._send_to(name, Kind.MESSAGE, 0, channel, self.serializer.dumps(msg), origin=""):
+            raise WindowNotFound(name)
 
     def main_call_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
@@ -282,15 +334,10 @@ class Main:
         future = ReplyFuture(f"main_call_render({name!r}, channel={channel!r})")
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
-
-        def send() -> None:
-            self._pending[msg_id] = _Pending(future, name)
-            self._loop.call_later(timeout, lambda: self._expire(msg_id, timeout))
-            if not self._send_to(name, Kind.REQUEST, msg_id, channel, payload, origin=""):
-                self._pending.pop(msg_id, None)
-                fail(future, WindowNotFound(name))
-
-        self._loop.call_soon(send)
+        self._pending.add(msg_id, future, timeout, target=name)
+        if not self._send_to(name, Kind.REQUEST, msg_id, channel, payload, origin=""):
+            self._pending.pop(msg_id)
+            raise WindowNotFound(name)
         return future
 
     def broadcast(self, msg: Any, *, topic: str = "") -> None:
@@ -298,15 +345,11 @@ class Main:
         self._check_open()
         check_channel(topic, what="topic")
         payload = self.serializer.dumps(msg)
-
-        def send() -> None:
+        with self._pub_s.lock:
             header = Header(Kind.BROADCAST, 0, next(self._bseq), self.session, protocol.NO_SESSION, "", "", topic)
             frames = protocol.pack(self._signer, header, payload, topic=protocol.BROADCAST_PREFIX + topic.encode())
-            self._pub.send_multipart(frames, copy=False)
-            self._stats["messages_out"] += 1
-            self._stats["broadcasts"] += 1
-
-        self._loop.call_soon(send)
+            self._pub_s.send_locked(frames)
+            self._broadcasts += 1
 
     # ------------------------------------------------------------------ registry
 
@@ -347,11 +390,16 @@ class Main:
         found = False
         if name in self._windows:
             found = True
-            self._loop.call_soon(lambda: self._send_to(name, Kind.CLOSE, 0, "", (), origin=""))
+            self._send_to(name, Kind.CLOSE, 0, "", (), origin="")
         for proc in [p for p in self._processes if p.name == name]:
             found = True
             threading.Thread(target=proc.stop, args=(grace,), name=f"zprokit-destroy-{name}", daemon=True).start()
         return found
+
+    def _allow_curve_key(self, name: str, public_key: bytes) -> None:
+        """Admit ``public_key`` as window ``name`` (create_window's key for its child)."""
+        assert self._zap is not None
+        self._zap.allow_key(name, public_key)  # one dict store: safe beside the I/O thread's reads
 
     def create_window(self, name: str, target: Any, **options: Any) -> Any:
         """Start a window process on this machine; see ``zprokit.spawn.create_window``."""
@@ -370,10 +418,13 @@ class Main:
             "requests_served": 0,
             "messages_routed": 0,
             "unhandled": 0,
+            "disconnects": 0,  # connections closed: windows leaving, strangers, a frame over max_message_size
         }
         stats.update(self._stats)
+        stats["broadcasts"] = self._broadcasts
+        stats["messages_out"] += self._broadcasts
         stats["windows"] = len(self._windows)
-        stats["rejected"] = dict(self._rejected)
+        stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
         return stats
 
     def _describe_windows(self) -> list[dict[str, Any]]:
@@ -424,22 +475,27 @@ class Main:
     def _say_goodbye(self) -> None:
         for name in list(self._windows):
             self._send_to(name, Kind.BYE, 0, "", (), origin="")
-        for msg_id, pending in list(self._pending.items()):
-            fail(pending.future, Closed("the main was closed with the request pending"))
-        self._pending.clear()
+        self._pending.fail_all(_closed_error)
 
     def _close_sockets(self) -> None:
-        for pending in self._pending.values():
-            fail(pending.future, Closed("the main was closed with the request pending"))
-        self._pending.clear()
-        self._router.disable_monitor()
+        self._pending.fail_all(_closed_error)
+        with self._router_s.lock:
+            self._router.disable_monitor()
         self._monitor.close(0)
-        self._router.close(self._linger_ms)
-        self._pub.close(self._linger_ms)
+        self._router_s.close(self._linger_ms)
+        self._pub_s.close(self._linger_ms)
+        if self._zap is not None:
+            self._zap.stop()
 
     def _reject(self, reason: str, detail: Any = "") -> None:
         self._rejected[reason] += 1
-        log.debug("main dropped a message: %s %s", reason, detail)
+        if reason in REJECTION_REASONS:  # a sign of an attack or a misconfigured peer: say so, but not per message
+            self._warn.warning(reason, "main dropped a message (%s): %s", reason, detail)
+        else:
+            log.debug("main dropped a message: %s %s", reason, detail)
+
+    def _on_zap_denied(self, key: bytes) -> None:
+        self._reject("unauthenticated", f"a CURVE key not on the allow-list ({key.decode()})")
 
     def _on_monitor(self) -> None:
         while True:
@@ -447,59 +503,65 @@ class Main:
                 self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            self._stats["disconnects"] += 1
         # Which window's connection closed is not said; a ping to each finds out, since
         # with ROUTER_MANDATORY a send to a vanished routing id fails at once. The pipe
-        # goes away shortly after the event, so look a moment later.
-        self._loop.call_later(0.05, self._sweep)
+        # goes away shortly after the event, so look a moment later. One sweep at a time:
+        # a stranger connecting and hanging up in a loop must not make us ping every window per hang-up.
+        if not self._sweep_due:
+            self._sweep_due = True
+            self._loop.call_later(0.05, self._sweep)
 
     def _sweep(self) -> None:
+        self._sweep_due = False
         for name in list(self._windows):
             self._send_to(name, Kind.PING, 0, "", (), origin="")
 
-    def _on_xpub(self) -> None:
-        while True:
-            try:
-                event = self._pub.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if not event:
-                continue
-            topic = event[1:]
-            if event[0] == 1:
+    def _on_xpub(self, frames: list[zmq.Frame]) -> None:
+        event = frames[0].bytes
+        if not event:
+            return
+        topic = event[1:]
+        if event[0] == 1:
+            name = self._awaiting_sub.pop(topic, None)
+            if name is not None and name in self._joining:
+                self._complete_registration(name)
+            elif self._is_reserved_topic(topic):
+                # Only the control topics of handshakes under way: anyone can subscribe to anything.
                 self._subscriptions.add(topic)
-                name = self._awaiting_sub.pop(topic, None)
-                if name is not None and name in self._joining:
-                    self._complete_registration(name)
-            elif event[0] == 0:
-                self._subscriptions.discard(topic)
-
-    def _on_router(self) -> None:
-        router = self._router
-        while True:
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._stats["messages_in"] += 1
-            try:
-                self._on_message(frames)
-            except Rejected as e:
-                self._reject(e.reason, e)
+        elif event[0] == 0:
+            self._subscriptions.discard(topic)
 
     def _on_message(self, raw: list[zmq.Frame]) -> None:
+        self._stats["messages_in"] += 1
+        try:
+            self._on_verified(raw)
+        except Rejected as e:
+            self._reject(e.reason, e)
+
+    def _on_verified(self, raw: list[zmq.Frame]) -> None:
         ident = raw[0].bytes
         frames = [f.buffer for f in raw[1:]]
         try:
-            msg = protocol.unpack(self._signer, frames, max_size=self.max_message_size)
+            msg = protocol.unpack(self._signer, frames, max_size=self._max_size)
         except Rejected as e:
             if e.reason == "bad_signature" and _looks_like_hello(frames):
                 # Probably a window with the wrong key, handshaking: tell it plainly, unsigned.
-                self._raw_send(ident, [protocol.VERSION, protocol.DENIED])
+                self._raw_send(ident, protocol.DENIAL)
             raise
         h = msg.header
         if h.kind == Kind.HELLO:
+            if not self._guard.first_hello(h.session):  # every handshake has a new session
+                raise Rejected("replay", "a HELLO seen before")
+            if self._zap is not None and not self._hello_authenticated(ident, msg, user_id(raw[-1])):
+                return
             self._on_hello(ident, msg)
             return
+        if self._zap is not None:
+            # The name a message claims is its routing id's; CURVE's User-Id says whose key sent it.
+            who = user_id(raw[-1])
+            if who is None or ident.partition(b"\0")[0] != who.encode():
+                raise Rejected("unauthenticated", f"routing id {ident[:64]!r} from a CURVE key allowed as {who!r}")
         if h.peer_session != self.session:
             self._reject("stale_session", h.kind)
             if h.kind in (Kind.REQUEST, Kind.PING) or (h.kind == Kind.MESSAGE and h.target):
@@ -508,10 +570,10 @@ class Main:
             return
         name = _decode_ident(ident)
         if h.kind == Kind.REGISTER:
-            self._on_register(name, msg, _peer_address(raw[-1]))
+            self._on_register(name, msg, _peer_address(raw[-1]), ident)
             return
         window = self._windows.get(name)
-        if window is None or window.session != h.session or h.source != name:
+        if window is None or window.session != h.session or h.source != name or window.ident != ident:
             self._reject("unregistered", name)
             return
         if not self._guard.accept(name, h.session, h.seq):
@@ -535,11 +597,11 @@ class Main:
 
         def refuse(reason: str, message: str) -> None:
             self._rejected[f"refused_{reason}"] += 1
-            reply = Header(Kind.REFUSE, h.msg_id, next(self._seq), self.session, h.session)
-            self._raw_send(ident, protocol.pack(self._signer, reply, [protocol.encode_body({"reason": reason, "message": message})]))
+            self._refuse(ident, h, reason, message)
 
-        if not isinstance(name, str) or not name or name == MAIN_NAME or len(name.encode()) > 255:
-            refuse("bad_name", f"window name must be a non-empty string other than {MAIN_NAME!r}, at most 255 bytes")
+        problem = check_window_name(name)
+        if problem:
+            refuse("bad_name", f"{problem}: {name!r}")
             return
         if body.get("serializer") != self.serializer.name:
             refuse(
@@ -564,11 +626,11 @@ class Main:
         if held is not None and held.expires > now:
             refuse("name_in_use", name)
             return
-        nonce = secrets.token_hex(8)
+        nonce = secrets.token_hex(16)  # also the secret half of the window's routing id
         self._reservations[name] = _Reservation(nonce, now + _reservation_ttl(body), body)
-        welcome = Header(Kind.WELCOME, h.msg_id, next(self._seq), self.session, h.session, MAIN_NAME, name)
+        welcome = Header(Kind.WELCOME, h.msg_id, 0, self.session, h.session, MAIN_NAME, name)
         reply_body = {"nonce": nonce, "pub": self.pub_endpoint, "serializer": self.serializer.name}
-        self._raw_send(ident, protocol.pack(self._signer, welcome, [protocol.encode_body(reply_body)]))
+        self._sign_and_send(ident, welcome, [protocol.encode_body(reply_body)])
 
     def _settle_contest(self, name: str) -> None:
         ident, hello, started = self._contests.pop(name)
@@ -580,11 +642,29 @@ class Main:
         # heartbeat/2 since its pong would be pinged again, and again, until the newcomer timed out.
         self._on_hello(ident, hello, holder_answered=answered)
 
-    def _on_register(self, name: str, msg: protocol.Message, address: str) -> None:
+    def _refuse(self, ident: bytes, h: Header, reason: str, message: str) -> None:
+        body = protocol.encode_body({"reason": reason, "message": message})
+        self._sign_and_send(ident, Header(Kind.REFUSE, h.msg_id, 0, self.session, h.session), [body])
+
+    def _hello_authenticated(self, ident: bytes, msg: protocol.Message, who: str | None) -> bool:
+        """Under CURVE: a HELLO may only ask for the name its key is listed for."""
+        name = protocol.decode_body(msg.payload).get("name")
+        if who is not None and name == who:
+            return True
+        self._reject("unauthenticated", f"HELLO for {name!r} from a CURVE key allowed as {who!r}")
+        self._refuse(ident, msg.header, "unauthenticated", f"this CURVE key is on the allow-list as {who!r}, not {name!r}")
+        return False
+
+    def _is_reserved_topic(self, topic: bytes) -> bool:
+        name, _, nonce = topic[len(protocol.CONTROL_PREFIX):].partition(b"\0")
+        held = self._reservations.get(name.decode(errors="replace"))
+        return topic.startswith(protocol.CONTROL_PREFIX) and held is not None and held.nonce.encode() == nonce
+
+    def _on_register(self, name: str, msg: protocol.Message, address: str, ident: bytes) -> None:
         h = msg.header
         body = protocol.decode_body(msg.payload)
         held = self._reservations.get(name)
-        if held is None or held.nonce != body.get("nonce") or h.source != name:
+        if held is None or held.nonce != body.get("nonce") or h.source != name or ident != f"{name}\0{held.nonce}".encode():
             self._reject("unregistered", f"REGISTER for {name!r} without a valid reservation")
             return
         if not self._guard.new_session(name, h.session, h.seq):
@@ -601,7 +681,7 @@ class Main:
             serializer=self.serializer.name,
             session=h.session.hex(),
         )
-        self._joining[name] = _Window(info, h.session, time.monotonic())
+        self._joining[name] = _Window(info, h.session, time.monotonic(), ident=ident)
         topic = protocol.CONTROL_PREFIX + f"{name}\0{held.nonce}".encode()
         if topic in self._subscriptions:
             self._complete_registration(name)
@@ -644,10 +724,7 @@ class Main:
         for topic in [t for t, n in self._awaiting_sub.items() if n == name]:
             del self._awaiting_sub[topic]
         lost = PeerLost(f"window {name!r} left ({reason}) with the request pending")
-        for msg_id, pending in list(self._pending.items()):
-            if pending.target == name:
-                del self._pending[msg_id]
-                fail(pending.future, lost)
+        self._pending.fail_all(lambda future: lost, target=name)
         for msg_id, route in list(self._routes.items()):
             if route.target == name:
                 del self._routes[msg_id]
@@ -682,14 +759,9 @@ class Main:
                     exc = e
             if exc is not None:
                 body = protocol.error_body(exc, MAIN_NAME, "".join(traceback.format_exception(exc)), from_handler=True)
-                send = lambda: self._send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(body)], origin="")
+                self._send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(body)], origin="", served=True)
             else:
-                send = lambda: self._send_to(name, Kind.REPLY, msg_id, "", reply, origin="")
-            self._stats["requests_served"] += 1
-            if self._loop.in_loop:
-                send()
-            else:
-                self._loop.call_soon(send)
+                self._send_to(name, Kind.REPLY, msg_id, "", reply, origin="", served=True)
 
         def run() -> None:
             try:
@@ -738,18 +810,22 @@ class Main:
             del self._routes[h.msg_id]
             self._send_to(route.source, h.kind, route.source_msg_id, "", msg.payload, origin=name)
             return
-        pending = self._pending.get(h.msg_id)
-        if pending is None or pending.target != name:
+        pending = self._pending.pop(h.msg_id)
+        if pending is None:
             self._reject("unexpected_reply", f"{h.kind.name} {h.msg_id} from {name!r}")
             return
-        del self._pending[h.msg_id]
+        future, target = pending
+        if target != name:  # not the window we asked: put it back, drop this
+            self._pending.add(h.msg_id, future, self.request_timeout, target)
+            self._reject("unexpected_reply", f"{h.kind.name} {h.msg_id} from {name!r}")
+            return
         try:
             if h.kind == Kind.REPLY:
-                pending.future.set_result(self.serializer.loads(msg.payload))
+                future.set_result(self.serializer.loads(msg.payload))
             else:
-                pending.future.set_exception(protocol.error_from_body(protocol.decode_body(msg.payload)))
+                future.set_exception(protocol.error_from_body(protocol.decode_body(msg.payload)))
         except Exception as e:
-            fail(pending.future, e)
+            fail(future, e)
 
     def _on_bye(self, name: str, msg: protocol.Message) -> None:
         self._drop_window(name, "closed")
@@ -770,44 +846,66 @@ class Main:
         Kind.PONG: _on_pong,
     }
 
-    def _expire(self, msg_id: int, timeout: float) -> None:
-        pending = self._pending.pop(msg_id, None)
-        if pending is not None:
-            fail(pending.future, Timeout(f"{pending.future.description}: no answer within {timeout} s"))
+    # --- sending (any thread) ------------------------------------------------------
 
-    # --- sending (I/O thread) ---------------------------------------------------
+    def _send_to(
+        self, name: str, kind: Kind, msg_id: int, channel: str, payload: Any, *, origin: str, served: bool = False
+    ) -> bool:
+        """Sign and send to registered window ``name``; False if it cannot be reached (then it is dropped).
 
-    def _send_to(self, name: str, kind: Kind, msg_id: int, channel: str, payload: Any, *, origin: str) -> bool:
-        """Sign and send to registered window ``name``; False if it cannot be reached."""
+        ``served``: this is a handler's answer, counted in ``requests_served``.
+        """
         window = self._windows.get(name)
         if window is None:
             return False
-        header = Header(kind, msg_id, next(self._seq), self.session, window.session, origin, name, channel)
-        frames = protocol.pack(self._signer, header, payload)
-        if self._raw_send(name.encode(), frames):
+        header = Header(kind, msg_id, 0, self.session, window.session, origin, name, channel)
+        if self._sign_and_send(window.ident, header, payload, served):
             return True
-        self._drop_window(name, "unreachable")
+
+        def drop() -> None:
+            if self._windows.get(name) is window:
+                self._drop_window(name, "unreachable")
+
+        if self._loop.in_loop:
+            drop()
+        else:
+            self._loop.call_soon(drop)
         return False
+
+    def _sign_and_send(self, ident: bytes, header: Header, payload: Any, served: bool = False) -> bool:
+        """Number, sign and send in one step under the ROUTER's lock, so numbers go out in order."""
+        with self._router_s.lock:
+            header.seq = next(self._seq)  # a fresh header per send: numbered here, in send order
+            if served:  # counted before it leaves, so a caller that has its answer sees the count
+                self._stats["requests_served"] += 1  # under the lock: handlers answer from many threads
+            sent = self._raw_send_locked(ident, protocol.pack(self._signer, header, payload))
+            if served and not sent:
+                self._stats["requests_served"] -= 1
+            return sent
 
     def _send_error(self, name: str, msg_id: int, exc: BaseException) -> None:
         self._send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(protocol.error_body(exc, MAIN_NAME))], origin="")
 
     def _raw_reply_error(self, ident: bytes, h: Header, exc: BaseException) -> None:
-        header = Header(Kind.ERROR, h.msg_id, next(self._seq), self.session, h.session, "", h.source)
-        body = protocol.encode_body(protocol.error_body(exc, MAIN_NAME))
-        self._raw_send(ident, protocol.pack(self._signer, header, [body]))
+        header = Header(Kind.ERROR, h.msg_id, 0, self.session, h.session, "", h.source)
+        self._sign_and_send(ident, header, [protocol.encode_body(protocol.error_body(exc, MAIN_NAME))])
 
     def _raw_send(self, ident: bytes, frames: list[Any]) -> bool:
+        with self._router_s.lock:
+            return self._raw_send_locked(ident, frames)
+
+    def _raw_send_locked(self, ident: bytes, frames: list[Any]) -> bool:
         try:
-            self._router.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            self._router_s.send_locked([ident, *frames])
         except zmq.ZMQError as e:
-            if e.errno == zmq.EHOSTUNREACH:
+            if e.errno in (zmq.EHOSTUNREACH, zmq.ENOTSOCK):
                 self._stats["unroutable"] += 1
                 return False
             if e.errno == zmq.EAGAIN:
                 # The peer's queue is full: count it, never drop silently.
                 self._stats["dropped_hwm"] += 1
-                log.warning("main: send queue to %r is full; message dropped", ident)
+                # Rate-limited: a stranger who floods us and never reads would otherwise get a line per message.
+                self._warn.warning("dropped_hwm", "main: send queue to %r is full; message dropped", ident)
                 return False
             raise
         self._stats["messages_out"] += 1
@@ -817,11 +915,12 @@ class Main:
 # ---------------------------------------------------------------------------- helpers
 
 
+def _closed_error(future: ReplyFuture) -> BaseException:
+    return Closed(f"{future.description}: the main was closed with the request pending")
+
+
 def _looks_like_hello(frames: list[Any]) -> bool:
-    try:
-        return protocol.Header.decode(frames[1]).kind == Kind.HELLO
-    except (Rejected, IndexError):
-        return False
+    return protocol.peek_kind(frames) == Kind.HELLO
 
 
 def _reservation_ttl(hello: dict[str, Any]) -> float:
@@ -833,8 +932,9 @@ def _reservation_ttl(hello: dict[str, Any]) -> float:
 
 
 def _decode_ident(ident: bytes) -> str:
+    """The window name in a routing id (``name\\0nonce``)."""
     try:
-        return ident.decode()
+        return ident.partition(b"\0")[0].decode()
     except UnicodeDecodeError:
         raise Rejected("malformed", "routing id is not UTF-8") from None
 

@@ -1,20 +1,26 @@
 """The zprokit wire protocol: frames to messages and back. No sockets here.
 
-A message on the wire is a list of frames::
+A message on the wire is one *head* frame, then any further payload frames::
 
     [routing id]   only on the ROUTER side, added and removed by ZeroMQ
-    version        b"ZPK1/hmac-sha256": protocol and MAC in one name
-    header         fixed struct + three short strings (see ``Header``)
-    signature      HMAC-SHA256 over version, header and every payload frame
-    payload ...    serializer output: the pickle, then its out-of-band buffers
+    head           VERSION | header | inline payload | MAC
+    payload ...    further payload frames: out-of-band buffers, large pickles
+
+``VERSION`` (16 bytes, ``b"ZPK2/hmac-sha256"``) names the protocol and its
+MAC. The header is a fixed struct plus three short strings (``Header``). A
+small first payload part (the pickle of a small object) rides inside the
+head, so a small request or reply is a single frame, as a raw pyzmq echo is:
+on this kind of machine every frame costs several ZeroMQ calls, each with a
+system call or two, and frames were most of zprokit's overhead.
 
 Broadcasts on the PUB socket carry one more frame in front, the topic frame
 (``b"B" + topic``). It is signed first, where it sits on the wire (so it can
 never pass for a payload frame), and repeated in the signed header and compared.
 
-The MAC covers every frame the receiver reads, each prefixed with its length
-so bytes cannot move between frames. It is checked with
-``hmac.compare_digest`` before anything is deserialized.
+The MAC (the last 32 bytes of the head) covers every frame the receiver
+reads, each prefixed with its length so bytes cannot move between frames.
+It is checked with ``hmac.compare_digest`` before the header is decoded and
+before anything is deserialized.
 
 Replay protection: every node has a random 16-byte session id and a counter
 per outgoing stream; a message names its sender's session, its sequence
@@ -51,6 +57,10 @@ __all__ = [
     "NO_SESSION",
     "SESSION_SIZE",
     "DENIED",
+    "DENIAL",
+    "MAC_SIZE",
+    "INLINE_MAX",
+    "peek_kind",
     "is_denial",
     "error_body",
     "error_from_body",
@@ -58,18 +68,23 @@ __all__ = [
     "CONTROL_PREFIX",
 ]
 
-VERSION = b"ZPK1/hmac-sha256"
+VERSION = b"ZPK2/hmac-sha256"
 SESSION_SIZE = 16
+MAC_SIZE = 32
 NO_SESSION = bytes(SESSION_SIZE)
-# A main that cannot verify a handshake answers with this bare, unsigned pair
-# of frames: it proves nothing, so a window treats it as "refused", never as data.
+# A main that cannot verify a handshake answers with this bare, unsigned
+# frame: it proves nothing, so a window treats it as "refused", never as data.
 DENIED = b"denied"
+DENIAL = [VERSION + DENIED]
 BROADCAST_PREFIX = b"B"
 CONTROL_PREFIX = b"C"
+INLINE_MAX = 64 * 1024  # a first payload part up to this size rides in the head frame
+FLAG_INLINE = 0x80  # header flag: the first payload part is inside the head
 
-_FIXED = struct.Struct("<BBQQ16s16sHHH")
+_FIXED = struct.Struct("<BBQQ16s16sHHHI")
 _LEN = struct.Struct("<Q")
 _MAX_STR = 0xFFFF
+_KINDS: dict[int, "Kind"] = {}
 
 
 class Kind(enum.IntEnum):
@@ -92,6 +107,9 @@ class Kind(enum.IntEnum):
     CLOSE = 23  # main -> window: please close
 
 
+_KINDS.update((int(k), k) for k in Kind)
+
+
 class Rejected(ProtocolError):
     """A message that must be dropped; ``reason`` is the stats counter name."""
 
@@ -100,7 +118,7 @@ class Rejected(ProtocolError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs microseconds per message to build
 class Header:
     kind: Kind
     msg_id: int = 0
@@ -110,9 +128,10 @@ class Header:
     source: str = ""
     target: str = ""
     channel: str = ""
-    flags: int = 0
+    flags: int = 0  # FLAG_INLINE (0x80) is the framing's own: set and cleared by pack and unpack
 
-    def encode(self) -> bytes:
+    def encode(self, inline: int = -1) -> bytes:
+        """The header's bytes; ``inline``: the size of the payload part that follows it in the head, if any."""
         source = self.source.encode()
         target = self.target.encode()
         channel = self.channel.encode()
@@ -120,10 +139,11 @@ class Header:
             raise ValueError("name, target or channel longer than 65535 bytes")
         if len(self.session) != SESSION_SIZE or len(self.peer_session) != SESSION_SIZE:
             raise ValueError(f"sessions are {SESSION_SIZE} bytes")
+        flags = self.flags | FLAG_INLINE if inline >= 0 else self.flags & ~FLAG_INLINE
         return (
             _FIXED.pack(
                 self.kind,
-                self.flags,
+                flags,
                 self.msg_id,
                 self.seq,
                 self.session,
@@ -131,6 +151,7 @@ class Header:
                 len(source),
                 len(target),
                 len(channel),
+                max(inline, 0),
             )
             + source
             + target
@@ -139,23 +160,32 @@ class Header:
 
     @classmethod
     def decode(cls, data: bytes | memoryview) -> "Header":
-        data = bytes(data)
-        if len(data) < _FIXED.size:
-            raise Rejected("malformed", "header too short")
-        kind, flags, msg_id, seq, session, peer, ls, lt, lc = _FIXED.unpack_from(data)
-        if len(data) != _FIXED.size + ls + lt + lc:
+        """A header on its own (no inline payload after it)."""
+        header, end, inline = _decode_header(data, 0)
+        if end + max(inline, 0) != len(data):
             raise Rejected("malformed", "header length mismatch")
-        try:
-            kind = Kind(kind)
-            pos = _FIXED.size
-            source = data[pos : pos + ls].decode()
-            pos += ls
-            target = data[pos : pos + lt].decode()
-            pos += lt
-            channel = data[pos : pos + lc].decode()
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Rejected("malformed", str(e)) from e
-        return cls(kind, msg_id, seq, session, peer, source, target, channel, flags)
+        return header
+
+
+def _decode_header(data: bytes | memoryview, pos: int) -> tuple[Header, int, int]:
+    """The header at ``data[pos:]``, where it ends, and the length of the inline part after it (-1: none)."""
+    if len(data) - pos < _FIXED.size:
+        raise Rejected("malformed", "header too short")
+    kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline = _FIXED.unpack_from(data, pos)
+    pos += _FIXED.size
+    end = pos + ls + lt + lc
+    if end + inline > len(data) or (inline and not flags & FLAG_INLINE):
+        raise Rejected("malformed", "header length mismatch")
+    try:
+        raw = bytes(data[pos:end])
+        source = raw[:ls].decode()
+        target = raw[ls : ls + lt].decode()
+        channel = raw[ls + lt :].decode()
+        kind = _KINDS[kind]
+    except (KeyError, UnicodeDecodeError) as e:
+        raise Rejected("malformed", f"bad header: {e!r}") from e
+    header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags & ~FLAG_INLINE)
+    return header, end, inline if flags & FLAG_INLINE else -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +220,21 @@ class Signer:
 
 
 def pack(signer: Signer, header: Header, payload: Sequence[Any] = (), topic: bytes | None = None) -> list[Any]:
-    """Frames for ``header`` and ``payload``, signed; ``topic`` only for broadcasts."""
-    head = header.encode()
-    signed: list[Any] = [VERSION, head, *payload]
+    """Frames for ``header`` and ``payload``, signed; ``topic`` only for broadcasts.
+
+    A first payload part of at most ``INLINE_MAX`` bytes is copied into the
+    head frame; larger ones, and the rest, go as their own frames, uncopied.
+    """
+    rest = list(payload)
+    if rest and memoryview(rest[0]).nbytes <= INLINE_MAX:
+        first = rest.pop(0)
+        body = VERSION + header.encode(memoryview(first).nbytes) + first
+    else:
+        body = VERSION + header.encode()
+    signed: list[Any] = [body, *rest]
     if topic is not None:
         signed.insert(0, topic)  # first, as on the wire: a topic cannot pass for a payload frame
-    signature = signer.sign(signed)
-    frames: list[Any] = [VERSION, head, signature, *payload]
+    frames: list[Any] = [body + signer.sign(signed), *rest]
     if topic is not None:
         frames.insert(0, topic)
     return frames
@@ -212,8 +250,8 @@ def unpack(
     """Verify and split ``frames`` (routing id already removed).
 
     Raises ``Rejected`` with reason ``malformed``, ``unknown_version``,
-    ``oversized`` or ``bad_signature``. Nothing is deserialized here, and the
-    payload is returned only after its signature checked out.
+    ``oversized`` or ``bad_signature``. Nothing is decoded before the MAC
+    checks out, and nothing is deserialized here at all.
     """
     topic = None
     if with_topic:
@@ -221,30 +259,49 @@ def unpack(
             raise Rejected("malformed", "no topic frame")
         topic = bytes(frames[0])
         frames = frames[1:]
-    if len(frames) < 3:
-        if len(frames) >= 1 and bytes(frames[0]) != VERSION:
-            raise Rejected("unknown_version", repr(bytes(frames[0])[:32]))
-        raise Rejected("malformed", f"{len(frames)} frames, need at least 3")
-    version, head, signature = frames[0], frames[1], frames[2]
-    if bytes(version) != VERSION:
-        raise Rejected("unknown_version", repr(bytes(version)[:32]))
+    if not frames:
+        raise Rejected("malformed", "no frames")
+    head = memoryview(frames[0])
+    if head[: len(VERSION)] != VERSION:
+        raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
+    if len(head) < len(VERSION) + _FIXED.size + MAC_SIZE:
+        raise Rejected("malformed", "head frame too short")
     if max_size is not None and sum(memoryview(f).nbytes for f in frames) + len(topic or b"") > max_size:
         raise Rejected("oversized")
-    payload = tuple(frames[3:])
-    signed: list[Any] = [version, head, *payload]
+    body = head[:-MAC_SIZE]
+    signed: list[Any] = [body, *frames[1:]]
     if topic is not None:
         signed.insert(0, topic)
-    if memoryview(signature).nbytes != Signer.digest_size or not signer.verify(signed, signature):
+    if not signer.verify(signed, head[-MAC_SIZE:]):
         raise Rejected("bad_signature")
-    header = Header.decode(head)
+    header, end, inline = _decode_header(body, len(VERSION))
+    if inline >= 0:
+        if end + inline != len(body):
+            raise Rejected("malformed", "inline payload length mismatch")
+        payload = (body[end:], *frames[1:])
+    else:
+        if end != len(body):
+            raise Rejected("malformed", "header length mismatch")
+        payload = tuple(frames[1:])
     if topic is not None and (header.kind != Kind.BROADCAST or topic != BROADCAST_PREFIX + header.channel.encode()):
         raise Rejected("malformed", "topic frame does not match the signed topic")
     return Message(header, payload, topic)
 
 
+def peek_kind(frames: Sequence[Any]) -> "Kind | None":
+    """The kind an unverified message claims, or None: only to choose how to refuse it."""
+    try:
+        head = memoryview(frames[0])
+        if head[: len(VERSION)] != VERSION:
+            return None
+        return _KINDS.get(head[len(VERSION)])
+    except (IndexError, TypeError):
+        return None
+
+
 def is_denial(frames: Sequence[Any]) -> bool:
     """True for the bare refusal a main sends when it cannot verify a handshake."""
-    return len(frames) == 2 and bytes(frames[0]) == VERSION and bytes(frames[1]) == DENIED
+    return len(frames) == 1 and bytes(frames[0]) == DENIAL[0]
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -271,13 +328,28 @@ class ReplayGuard:
     peer's session changes only when it re-registers (``new_session``); a
     session once replaced is remembered as retired and never accepted again,
     so a recorded message of an earlier incarnation cannot be replayed.
-    Memory is bounded: at most ``max_retired`` retired sessions are kept.
+    Memory is bounded: at most ``max_retired`` retired sessions (and as many
+    handshake sessions, see ``first_hello``) are kept.
     """
 
     def __init__(self, max_retired: int = 4096) -> None:
         self._live: dict[tuple[str, int], tuple[bytes, int]] = {}
         self._retired: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._hellos: OrderedDict[bytes, None] = OrderedDict()
         self._max_retired = max_retired
+
+    def first_hello(self, session: bytes) -> bool:
+        """True the first time a handshake from ``session`` is seen; False for a replayed HELLO.
+
+        Every handshake starts a new session, so a HELLO is never legitimately
+        sent twice. The last ``max_retired`` sessions are remembered.
+        """
+        if session in self._hellos:
+            return False
+        self._hellos[session] = None
+        if len(self._hellos) > self._max_retired:
+            self._hellos.popitem(last=False)
+        return True
 
     def is_retired(self, peer: str, session: bytes) -> bool:
         return (peer, session) in self._retired

@@ -28,12 +28,51 @@ class Serializer(Protocol):
     def loads(self, frames: Sequence[Any]) -> Any: ...
 
 
+_PLAIN = (bytes, str, int, float, bool, type(None))
+OUT_OF_BAND_MIN = 64 * 1024  # bytes objects at least this large travel as their own frame
+
+
+class _BytesOutOfBand:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _plain(obj: Any) -> bool:
+    """Data that plain pickle writes exactly as cloudpickle would (no code inside)."""
+    kind = type(obj)
+    if kind in _PLAIN:
+        return True
+    if kind in (list, tuple) and len(obj) <= 32:
+        return all(type(x) in _PLAIN for x in obj)
+    if kind is dict and len(obj) <= 32:
+        return all(type(k) in _PLAIN and type(v) in _PLAIN for k, v in obj.items())
+    return False
+
+
 class PickleSerializer:
-    """cloudpickle, protocol 5, out-of-band buffers in their own frames."""
+    """cloudpickle, protocol 5, out-of-band buffers in their own frames.
+
+    Small plain data (scalars, and short flat lists, tuples and dicts of
+    them) goes through the standard pickle instead: the same bytes, without
+    cloudpickle's per-call set-up, which costs more than the pickling itself.
+    """
 
     name = "pickle"
 
     def dumps(self, obj: Any) -> list[Any]:
+        if type(obj) is bytes and len(obj) >= OUT_OF_BAND_MIN:
+            # bytes have no out-of-band form of their own: send the buffer as its own frame,
+            # uncopied, and rebuild the bytes from it on arrival (one copy, as pyzmq's recv makes)
+            buffers = []
+            data = pickle.dumps(_BytesOutOfBand(obj), protocol=5, buffer_callback=buffers.append)
+            return [data, *(b.raw() for b in buffers)]
+        if _plain(obj):
+            return [pickle.dumps(obj, protocol=5)]
         buffers: list[pickle.PickleBuffer] = []
         data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
         return [data, *(b.raw() for b in buffers)]

@@ -16,8 +16,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import cloudpickle
+import zmq
 
-from .security import ENV_KEY, ENV_KEY_HEX
+from .security import ENV_CURVE_SECRET, ENV_CURVE_SERVER, ENV_KEY, ENV_KEY_FILE, ENV_KEY_HEX
 
 if TYPE_CHECKING:
     from .main import Main
@@ -115,7 +116,13 @@ def create_window(
 
     child_env = dict(os.environ)
     child_env.update(env or {})
-    child_env.pop(ENV_KEY, None)
+    for inherited in (ENV_KEY, ENV_KEY_FILE, ENV_CURVE_SECRET, ENV_CURVE_SERVER):
+        child_env.pop(inherited, None)
+    if main.curve_public_key is not None:
+        # Under CURVE the child gets a keypair of its own, on the allow-list under its name only.
+        public, secret = zmq.curve_keypair()
+        main._allow_curve_key(name, public)
+        child_env.update({ENV_CURVE_SECRET: secret.decode(), ENV_CURVE_SERVER: main.curve_public_key.decode()})
     child_env.update(
         {
             "ZPROKIT_NAME": name,

@@ -26,12 +26,13 @@ from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
-from ._loop import IOLoop
+from ._loop import IOLoop, SharedSocket
 from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, Timeout
 from .events import Event
-from ._common import DEFAULT_TIMEOUT, MAIN_NAME, check_channel, check_timeout, fail
+from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
 from .protocol import Header, Kind, Rejected
-from .security import resolve_key
+from ._ratelimit import RateLimitedLog
+from .security import REJECTION_REASONS, CurveClient, check_window_name, resolve_key
 from .serializers import Serializer, get_serializer
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,13 @@ class Window:
     """A window's node: connects, handshakes, and returns only when both channels are live.
 
     Parameters: ``name`` (else ``ZPROKIT_NAME``), ``endpoint``, the main's
-    ROUTER endpoint (else ``ZPROKIT_ENDPOINT``), ``key`` (else
-    ``ZPROKIT_KEY``), ``timeout`` for the handshake, ``request_timeout`` the
+    ROUTER endpoint (else ``ZPROKIT_ENDPOINT``), ``key`` (else ``key_file``,
+    else ``ZPROKIT_KEY``, else ``ZPROKIT_KEY_FILE``; with CURVE and none of
+    them, derived from ``curve_server_key`` as the main does),
+    ``curve_secret_key`` and ``curve_server_key`` (the main's public key)
+    for CURVE (else ``ZPROKIT_CURVE_SECRET_KEY`` and
+    ``ZPROKIT_CURVE_SERVER_KEY``; ``curve_public_key`` is derived, or
+    checked if given), ``timeout`` for the handshake, ``request_timeout`` the
     default for requests, ``workers`` the callback pool's size,
     ``serializer`` (must match the main's), ``exit_with_main``: close this
     window when the main says goodbye (windows made by ``create_window`` do).
@@ -61,7 +67,8 @@ class Window:
     giving up closes the window, and ``close_reason`` says why.
 
     Raises ``AuthenticationError`` (the main could not verify us, or we it:
-    a wrong key), ``NameInUse``, ``Timeout`` (no answer in ``timeout`` s),
+    a wrong key; or its CURVE allow-list does not admit our key under this
+    name), ``NameInUse``, ``Timeout`` (no answer in ``timeout`` s),
     ``ProtocolError`` (e.g. a serializer mismatch) or ``ValueError`` (no key,
     no name).
     """
@@ -84,6 +91,10 @@ class Window:
         give_up_after: float | None = None,
         linger: float = 1.0,
         context: zmq.Context | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        curve_secret_key: bytes | str | None = None,
+        curve_public_key: bytes | str | None = None,
+        curve_server_key: bytes | str | None = None,
     ) -> None:
         name = name or os.environ.get("ZPROKIT_NAME")
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT")
@@ -91,11 +102,17 @@ class Window:
             raise ValueError("a window needs a name: pass name=... or set ZPROKIT_NAME")
         if name == MAIN_NAME:
             raise ValueError(f"{MAIN_NAME!r} is the main's name; pick another")
+        problem = check_window_name(name)
+        if problem:
+            raise ValueError(f"{problem}: {name!r}")
         if not endpoint:
             raise ValueError("a window needs the main's endpoint: pass endpoint=... or set ZPROKIT_ENDPOINT")
         self.name = name
         self.endpoint = endpoint
-        self.key = resolve_key(key, role="window")
+        self._curve = CurveClient.create(curve_secret_key, curve_public_key, curve_server_key)
+        self.key = resolve_key(
+            key, key_file=key_file, role="window", curve_server_key=self._curve.server_key if self._curve else None
+        )
         self.timeout = check_timeout(timeout)
         self.request_timeout = check_timeout(request_timeout)
         self.serializer = get_serializer(serializer)
@@ -116,7 +133,7 @@ class Window:
 
         # I/O-thread state
         self._probe: zmq.Socket | None = None
-        self._dealer: zmq.Socket | None = None
+        self._dealer: SharedSocket | None = None  # any thread sends on it; the loop reads
         self._monitor: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self._main_session: bytes | None = None
@@ -125,12 +142,13 @@ class Window:
         self._failures = 0  # reconnect attempts since the main was lost (backoff exponent)
         self._lost_at: float | None = None
         self._last_seen = self._last_sent = 0.0
-        self._pending: dict[int, ReplyFuture] = {}
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self._stats: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
+        self._warn = RateLimitedLog(log)
+        self._probe_monitor: zmq.Socket | None = None
 
         # shared
         self._from_main = Listeners()
@@ -144,6 +162,7 @@ class Window:
 
         self._dispatch = Dispatcher(f"zprokit-{name}", workers)
         self._loop = IOLoop(f"zprokit-{name}-io")
+        self._pending = PendingRequests(self._loop)
         self._loop.start(on_stop=self._close_sockets)
         self._loop.call_soon(self._start_handshake)
         self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._tick))
@@ -234,16 +253,12 @@ class Window:
         future = ReplyFuture(description)
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
-
-        def send() -> None:
-            if not self._connected:
-                fail(future, PeerLost(f"{description}: not connected to the main"))
-                return
-            self._pending[msg_id] = future
-            self._loop.call_later(timeout, lambda: self._expire(msg_id, timeout))
-            self._send(kind, msg_id, target, channel, payload)
-
-        self._loop.call_soon(send)
+        if self._connected:
+            self._pending.add(msg_id, future, timeout)
+            if self._send(kind, msg_id, target, channel, payload):
+                return future
+            self._pending.pop(msg_id)
+        fail(future, PeerLost(f"{description}: not connected to the main"))
         return future
 
     # ------------------------------------------------------------------ lifecycle
@@ -260,7 +275,7 @@ class Window:
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"messages_in": 0, "messages_out": 0, "unhandled": 0}
         stats.update(self._stats)
-        stats["rejected"] = dict(self._rejected)
+        stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
         return stats
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -311,6 +326,11 @@ class Window:
         probe.setsockopt(zmq.LINGER, 0)
         # 0xff never starts valid UTF-8, so a probe id can never equal a window name.
         probe.setsockopt(zmq.ROUTING_ID, b"\xff" + secrets.token_bytes(15))
+        if self._curve is not None:
+            self._curve.apply(probe)
+            # The main's ZAP handler refusing our key is told in the CURVE handshake, not in a message.
+            self._probe_monitor = probe.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._loop.add_socket(self._probe_monitor, self._on_probe_refused)
         probe.connect(self.endpoint)
         self._probe = probe
         self._loop.add_socket(probe, self._on_probe)
@@ -342,10 +362,23 @@ class Window:
         self._schedule_reconnect()
 
     def _drop_probe(self) -> None:
+        if self._probe_monitor is not None:
+            assert self._probe is not None
+            self._loop.remove_socket(self._probe_monitor)
+            self._probe.disable_monitor()
+            self._probe_monitor.close(0)
+            self._probe_monitor = None
         if self._probe is not None:
             self._loop.remove_socket(self._probe)
             self._probe.close(0)
             self._probe = None
+
+    def _on_probe_refused(self) -> None:
+        self._drop_probe()
+        self._fail_handshake(AuthenticationError(
+            f"the main at {self.endpoint} does not admit our CURVE public key "
+            f"{self._curve.public_key.decode() if self._curve else ''}: is it on its allow-list?"
+        ))
 
     def _on_probe(self) -> None:
         assert self._probe is not None
@@ -374,6 +407,8 @@ class Window:
             reason = body.get("reason")
             if reason == "name_in_use":
                 self._fail_handshake(NameInUse(self.name))
+            elif reason == "unauthenticated":
+                self._fail_handshake(AuthenticationError(f"the main refused window {self.name!r}: {body.get('message')}"))
             else:
                 self._fail_handshake(ProtocolError(f"the main refused window {self.name!r}: {body.get('message')}"))
             return
@@ -387,18 +422,21 @@ class Window:
         sub = self._ctx.socket(zmq.SUB)
         for sock in (dealer, sub):
             sock.setsockopt(zmq.LINGER, self._linger_ms)
-        dealer.setsockopt(zmq.ROUTING_ID, self.name.encode())
+            if self._curve is not None:
+                self._curve.apply(sock)
+        # The nonce makes the routing id one that nobody else can claim (see zprokit.main).
+        dealer.setsockopt(zmq.ROUTING_ID, f"{self.name}\0{nonce}".encode())
         sub.setsockopt(zmq.SUBSCRIBE, protocol.BROADCAST_PREFIX)
         # Subscribed last: when the main sees this one, the broadcast subscription is in force too.
         sub.setsockopt(zmq.SUBSCRIBE, protocol.CONTROL_PREFIX + f"{self.name}\0{nonce}".encode())
         sub.connect(_pub_endpoint(self.endpoint, str(body["pub"])))
         dealer.connect(self.endpoint)
-        self._dealer, self._sub = dealer, sub
         # The main's connection closing (its process died or restarted) is known at
         # once here; heartbeats cover links that die without a word.
         self._monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._dealer, self._sub = SharedSocket(dealer, self._loop), sub
         self._loop.add_socket(self._monitor, self._on_monitor)
-        self._loop.add_socket(dealer, self._on_dealer)
+        self._loop.add_shared(self._dealer, self._on_dealer)
         self._loop.add_socket(sub, self._on_sub)
         self._send(Kind.REGISTER, 0, "", "", [protocol.encode_body({"nonce": nonce})], force=True)
 
@@ -410,35 +448,30 @@ class Window:
             return
         self._lose_main("its connection closed")
 
-    def _on_dealer(self) -> None:
-        assert self._dealer is not None
-        while self._dealer is not None:
-            try:
-                frames = self._dealer.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._stats["messages_in"] += 1
-            try:
-                msg = protocol.unpack(self._signer, [f.buffer for f in frames])
-                h = msg.header
-                if h.peer_session != self.session:
-                    raise Rejected("stale_session")
-                if h.session != self._main_session:
-                    if h.kind == Kind.ERROR and self._connected:
-                        # A main that does not know us answers on our current session: it restarted.
-                        self._lose_main("the main restarted")
-                        return
-                    raise Rejected("stale_session")
-                if not self._guard.accept(MAIN_NAME, h.session, h.seq):
-                    raise Rejected("replay")
-                self._last_seen = time.monotonic()
-                handler = self._KIND_HANDLERS.get(h.kind)
-                if handler is None:
-                    raise Rejected("malformed", f"unexpected {h.kind.name}")
-                handler(self, msg)
-            except Rejected as e:
-                self._rejected[e.reason] += 1
-                log.debug("window %r dropped a message: %s", self.name, e)
+    def _on_dealer(self, frames: list[zmq.Frame]) -> None:
+        if self._dealer is None:  # dropped while this batch was read
+            return
+        self._stats["messages_in"] += 1
+        try:
+            msg = protocol.unpack(self._signer, [f.buffer for f in frames])
+            h = msg.header
+            if h.peer_session != self.session:
+                raise Rejected("stale_session")
+            if h.session != self._main_session:
+                if h.kind == Kind.ERROR and self._connected:
+                    # A main that does not know us answers on our current session: it restarted.
+                    self._lose_main("the main restarted")
+                    return
+                raise Rejected("stale_session")
+            if not self._guard.accept(MAIN_NAME, h.session, h.seq):
+                raise Rejected("replay")
+            self._last_seen = time.monotonic()
+            handler = self._KIND_HANDLERS.get(h.kind)
+            if handler is None:
+                raise Rejected("malformed", f"unexpected {h.kind.name}")
+            handler(self, msg)
+        except Rejected as e:
+            self._reject(e, "a message")
 
     def _on_sub(self) -> None:
         assert self._sub is not None
@@ -455,11 +488,19 @@ class Window:
                     raise Rejected("stale_session")
                 if not self._guard.accept(MAIN_NAME, h.session, h.seq, stream=_BROADCAST_STREAM):
                     raise Rejected("replay")
-                self._last_seen = time.monotonic()
+                # Not a sign of life: a broadcast shows the main is up, not that it still has us.
+                # A main that dropped us (a partition it noticed first) goes on broadcasting to
+                # our old connection but no longer answers our pings; that must end in a rejoin.
                 self._on_broadcast_msg(msg)
             except Rejected as e:
-                self._rejected[e.reason] += 1
-                log.debug("window %r dropped a broadcast: %s", self.name, e)
+                self._reject(e, "a broadcast")
+
+    def _reject(self, e: Rejected, what: str) -> None:
+        self._rejected[e.reason] += 1
+        if e.reason in REJECTION_REASONS:
+            self._warn.warning(e.reason, "window %r dropped %s: %s", self.name, what, e)
+        else:
+            log.debug("window %r dropped %s: %s", self.name, what, e)
 
     def _on_registered(self, msg: protocol.Message) -> None:
         self._connected = True
@@ -471,10 +512,11 @@ class Window:
 
     def _on_reply(self, msg: protocol.Message) -> None:
         h = msg.header
-        future = self._pending.pop(h.msg_id, None)
-        if future is None:
+        pending = self._pending.pop(h.msg_id)
+        if pending is None:
             self._stats["late_replies"] += 1  # its request timed out already
             return
+        future = pending[0]
         try:
             if h.kind == Kind.REPLY:
                 future.set_result(self.serializer.loads(msg.payload))
@@ -534,7 +576,7 @@ class Window:
             if exc is not None:
                 body = protocol.error_body(exc, self.name, "".join(traceback.format_exception(exc)), from_handler=True)
                 kind, payload = Kind.ERROR, [protocol.encode_body(body)]
-            self._loop.call_soon(lambda: self._send(kind, msg_id, "", "", payload))
+            self._send(kind, msg_id, "", "", payload)
 
         try:
             args = self.serializer.loads(msg.payload)
@@ -581,9 +623,7 @@ class Window:
         log.log(logging.WARNING if retry else logging.INFO, "window %r: lost the main at %s: %s", self.name, self.endpoint, reason)
         self._connected = False
         self._lost_at = time.monotonic()
-        for future in self._pending.values():
-            fail(future, PeerLost(f"{future.description}: {reason} with the request pending"))
-        self._pending.clear()
+        self._pending.fail_all(lambda future: PeerLost(f"{future.description}: {reason} with the request pending"))
         self._drop_sockets()
         if retry and self.reconnect:
             self._schedule_reconnect()
@@ -633,19 +673,24 @@ class Window:
         Kind.PONG: _on_pong,
     }
 
-    def _expire(self, msg_id: int, timeout: float) -> None:
-        future = self._pending.pop(msg_id, None)
-        if future is not None:
-            fail(future, Timeout(f"{future.description}: no answer within {timeout} s"))
-
-    def _send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False) -> None:
-        if self._dealer is None or not (self._connected or force):
-            return
-        assert self._main_session is not None
-        header = Header(kind, msg_id, next(self._seq), self.session, self._main_session, self.name, target, channel)
-        self._dealer.send_multipart(protocol.pack(self._signer, header, payload), copy=False)
-        self._last_sent = time.monotonic()
-        self._stats["messages_out"] += 1
+    def _send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False) -> bool:
+        """Number, sign and send to the main, from any thread; False if not connected."""
+        dealer = self._dealer
+        if dealer is None:
+            return False
+        with dealer.lock:
+            if dealer.closed or not (self._connected or force) or self._main_session is None:
+                return False
+            header = Header(kind, msg_id, next(self._seq), self.session, self._main_session, self.name, target, channel)
+            try:
+                dealer.send_locked(protocol.pack(self._signer, header, payload))
+            except zmq.Again:
+                self._stats["dropped_hwm"] += 1
+                log.warning("window %r: the queue to the main is full; message not sent", self.name)
+                return False
+            self._last_sent = time.monotonic()
+            self._stats["messages_out"] += 1
+            return True
 
     def _say_goodbye(self) -> None:
         if self._connected:
@@ -653,24 +698,26 @@ class Window:
         self._connected = False
 
     def _close_sockets(self) -> None:
-        for future in self._pending.values():
-            fail(future, Closed(f"window {self.name!r} was closed with the request pending"))
-        self._pending.clear()
+        self._pending.fail_all(lambda future: Closed(f"window {self.name!r} was closed with the request pending"))
         self._drop_sockets(self._linger_ms)
 
     def _drop_sockets(self, linger_ms: int = 0) -> None:
         self._drop_probe()
+        dealer, self._dealer = self._dealer, None
         if self._monitor is not None:
             self._loop.remove_socket(self._monitor)
-            assert self._dealer is not None
-            self._dealer.disable_monitor()
+            if dealer is not None:
+                with dealer.lock:
+                    dealer.socket.disable_monitor()
             self._monitor.close(0)
             self._monitor = None
-        for sock in (self._dealer, self._sub):
-            if sock is not None:
-                self._loop.remove_socket(sock)
-                sock.close(linger_ms)
-        self._dealer = self._sub = None
+        if dealer is not None:
+            self._loop.remove_shared(dealer)
+            dealer.close(linger_ms)
+        if self._sub is not None:
+            self._loop.remove_socket(self._sub)
+            self._sub.close(linger_ms)
+            self._sub = None
 
 
 def _check_target(name: str) -> None:
