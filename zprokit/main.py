@@ -593,6 +593,7 @@ class Main:
         h = msg.header
         body = protocol.decode_body(msg.payload)
         name = body.get("name")
+        _int_field(body, "pid")  # checked now: a bad one must not fail later, in REGISTER
         now = time.monotonic()
 
         def refuse(reason: str, message: str) -> None:
@@ -675,7 +676,7 @@ class Main:
         info = WindowInfo(
             name=name,
             host=str(hello.get("host", "")),
-            pid=int(hello.get("pid", 0) or 0),
+            pid=_int_field(hello, "pid"),
             connected_since=time.time(),
             address=address,
             serializer=self.serializer.name,
@@ -921,6 +922,13 @@ def _closed_error(future: ReplyFuture) -> BaseException:
 
 def _looks_like_hello(frames: list[Any]) -> bool:
     return protocol.peek_kind(frames) == Kind.HELLO
+
+
+def _int_field(body: dict[str, Any], key: str) -> int:
+    value = body.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Rejected("malformed", f"{key} is not an integer")
+    return value
 
 
 def _reservation_ttl(hello: dict[str, Any]) -> float:
