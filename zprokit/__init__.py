@@ -46,6 +46,7 @@ from .errors import (
     NoHandler,
     PeerLost,
     ProtocolError,
+    QueueFull,
     RemoteError,
     Timeout,
     WindowNotFound,
@@ -109,6 +110,7 @@ __all__ = [
     "NameInUse",
     "AuthenticationError",
     "ProtocolError",
+    "QueueFull",
     "Closed",
     # keys
     "generate_key",

@@ -12,6 +12,7 @@ Everything zprokit raises on purpose derives from one base class::
      ├── NameInUse             a live window already holds the name
      ├── AuthenticationError   the peer could not verify us, or we it (wrong key)
      ├── ProtocolError         bytes that are not a zprokit message
+     ├── QueueFull             the peer's queue is at its high-water mark: back off
      └── Closed                this node was closed by its owner
 
 "The peer broke it" (`PeerLost`) is kept apart from "you closed it"
@@ -31,6 +32,7 @@ __all__ = [
     "NameInUse",
     "AuthenticationError",
     "ProtocolError",
+    "QueueFull",
     "Closed",
 ]
 
@@ -118,6 +120,18 @@ class AuthenticationError(ZprokitError):
 
 class ProtocolError(ZprokitError):
     """Bytes that are not a valid zprokit message, or a peer speaking another version."""
+
+
+class QueueFull(ZprokitError):
+    """The queue towards the peer is full (its ZeroMQ high-water mark): nothing was sent.
+
+    Backpressure, not loss: the peer is alive but not keeping up. Retry later,
+    or slow down. ``peer`` names the window (or ``"main"``).
+    """
+
+    def __init__(self, peer: str, message: str | None = None) -> None:
+        self.peer = peer
+        super().__init__(message or f"the queue to {peer!r} is full: it is not keeping up; nothing was sent")
 
 
 class Closed(ZprokitError):

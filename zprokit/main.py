@@ -50,7 +50,7 @@ from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel,
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket
-from .errors import Closed, NoHandler, PeerLost, Timeout, WindowNotFound
+from .errors import Closed, QueueFull, NoHandler, PeerLost, Timeout, WindowNotFound
 from .events import Event, WindowInfo
 from .protocol import Header, Kind, Rejected
 from ._ratelimit import RateLimitedLog
@@ -312,7 +312,7 @@ class Main:
         check_channel(channel)
         if name not in self._windows:
             raise WindowNotFound(name)
-        if not self._send_to(name, Kind.MESSAGE, 0, channel, self.serializer.dumps(msg), origin=""):
+        if not self._send_to(name, Kind.MESSAGE, 0, channel, self.serializer.dumps(msg), origin="", raise_full=True):
             raise WindowNotFound(name)
 
     def main_call_render(
@@ -335,7 +335,12 @@ class Main:
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
         self._pending.add(msg_id, future, timeout, target=name)
-        if not self._send_to(name, Kind.REQUEST, msg_id, channel, payload, origin=""):
+        try:
+            sent = self._send_to(name, Kind.REQUEST, msg_id, channel, payload, origin="", raise_full=True)
+        except QueueFull:
+            self._pending.pop(msg_id)
+            raise
+        if not sent:
             self._pending.pop(msg_id)
             raise WindowNotFound(name)
         return future
@@ -790,7 +795,12 @@ class Main:
             self._send_error(source, h.msg_id, WindowNotFound(h.target))
             return
         if h.kind == Kind.MESSAGE:
-            if self._send_to(h.target, Kind.MESSAGE, 0, h.channel, msg.payload, origin=source):
+            try:
+                sent = self._send_to(h.target, Kind.MESSAGE, 0, h.channel, msg.payload, origin=source, raise_full=True)
+            except QueueFull as e:  # the sender's future fails with it: backpressure reaches the sender
+                self._send_error(source, h.msg_id, e)
+                return
+            if sent:
                 self._stats["messages_routed"] += 1
                 self._send_to(source, Kind.ACK, h.msg_id, "", (), origin="")
             else:
@@ -798,7 +808,13 @@ class Main:
             return
         msg_id = next(self._ids)
         self._routes[msg_id] = _Route(source, h.msg_id, h.target, h.kind)
-        if self._send_to(h.target, Kind.REQUEST, msg_id, h.channel, msg.payload, origin=source):
+        try:
+            sent = self._send_to(h.target, Kind.REQUEST, msg_id, h.channel, msg.payload, origin=source, raise_full=True)
+        except QueueFull as e:
+            del self._routes[msg_id]
+            self._send_error(source, h.msg_id, e)
+            return
+        if sent:
             self._stats["messages_routed"] += 1
         else:
             del self._routes[msg_id]
@@ -850,18 +866,35 @@ class Main:
     # --- sending (any thread) ------------------------------------------------------
 
     def _send_to(
-        self, name: str, kind: Kind, msg_id: int, channel: str, payload: Any, *, origin: str, served: bool = False
+        self,
+        name: str,
+        kind: Kind,
+        msg_id: int,
+        channel: str,
+        payload: Any,
+        *,
+        origin: str,
+        served: bool = False,
+        raise_full: bool = False,
     ) -> bool:
         """Sign and send to registered window ``name``; False if it cannot be reached (then it is dropped).
 
         ``served``: this is a handler's answer, counted in ``requests_served``.
+        A window whose queue is full stays registered (it is alive, only
+        slow): with ``raise_full`` the sender gets ``QueueFull``, otherwise
+        False (the message is counted in ``dropped_hwm`` and logged).
         """
         window = self._windows.get(name)
         if window is None:
             return False
         header = Header(kind, msg_id, 0, self.session, window.session, origin, name, channel)
-        if self._sign_and_send(window.ident, header, payload, served):
-            return True
+        try:
+            if self._sign_and_send(window.ident, header, payload, served):
+                return True
+        except QueueFull:
+            if raise_full:
+                raise
+            return False
 
         def drop() -> None:
             if self._windows.get(name) is window:
@@ -879,9 +912,14 @@ class Main:
             header.seq = next(self._seq)  # a fresh header per send: numbered here, in send order
             if served:  # counted before it leaves, so a caller that has its answer sees the count
                 self._stats["requests_served"] += 1  # under the lock: handlers answer from many threads
-            sent = self._raw_send_locked(ident, protocol.pack(self._signer, header, payload))
-            if served and not sent:
-                self._stats["requests_served"] -= 1
+            try:
+                sent = self._raw_send_locked(ident, protocol.pack(self._signer, header, payload))
+            except QueueFull:
+                sent = False
+                raise
+            finally:
+                if served and not sent:
+                    self._stats["requests_served"] -= 1
             return sent
 
     def _send_error(self, name: str, msg_id: int, exc: BaseException) -> None:
@@ -892,8 +930,11 @@ class Main:
         self._sign_and_send(ident, header, [protocol.encode_body(protocol.error_body(exc, MAIN_NAME))])
 
     def _raw_send(self, ident: bytes, frames: list[Any]) -> bool:
-        with self._router_s.lock:
-            return self._raw_send_locked(ident, frames)
+        try:
+            with self._router_s.lock:
+                return self._raw_send_locked(ident, frames)
+        except QueueFull:
+            return False
 
     def _raw_send_locked(self, ident: bytes, frames: list[Any]) -> bool:
         try:
@@ -903,17 +944,21 @@ class Main:
                 self._stats["unroutable"] += 1
                 return False
             if e.errno == zmq.EAGAIN:
-                # The peer's queue is full: count it, never drop silently.
+                # The peer's queue is full: counted, and the sender told (QueueFull); never a silent drop.
                 self._stats["dropped_hwm"] += 1
                 # Rate-limited: a stranger who floods us and never reads would otherwise get a line per message.
-                self._warn.warning("dropped_hwm", "main: send queue to %r is full; message dropped", ident)
-                return False
+                self._warn.warning("dropped_hwm", "main: send queue to %r is full; message not sent", ident)
+                raise QueueFull(_peer_name(ident)) from None
             raise
         self._stats["messages_out"] += 1
         return True
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _peer_name(ident: bytes) -> str:
+    return ident.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _closed_error(future: ReplyFuture) -> BaseException:

@@ -414,6 +414,8 @@ def error_body(exc: BaseException, origin: str, traceback_text: str = "", *, fro
         body.update(code="window_not_found", name=exc.name)
     elif isinstance(exc, errors.PeerLost):
         body.update(code="peer_lost")
+    elif isinstance(exc, errors.QueueFull):
+        body.update(code="queue_full", peer=exc.peer)
     elif isinstance(exc, errors.RemoteError):
         body.update(
             code="remote",
@@ -444,6 +446,8 @@ def error_from_body(body: dict[str, Any]) -> Exception:
         return errors.WindowNotFound(str(body.get("name", "")), message or None)
     if code == "peer_lost":
         return errors.PeerLost(message)
+    if code == "queue_full":
+        return errors.QueueFull(str(body.get("peer", "")), message or None)
     return errors.RemoteError(
         str(body.get("type", "Exception")),
         message,

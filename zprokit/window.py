@@ -27,7 +27,7 @@ from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket
-from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, Timeout
+from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, QueueFull, Timeout
 from .events import Event
 from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
 from .protocol import Header, Kind, Rejected
@@ -255,8 +255,12 @@ class Window:
         msg_id = next(self._ids)
         if self._connected:
             self._pending.add(msg_id, future, timeout)
-            if self._send(kind, msg_id, target, channel, payload):
-                return future
+            try:
+                if self._send(kind, msg_id, target, channel, payload, raise_full=True):
+                    return future
+            except QueueFull:
+                self._pending.pop(msg_id)
+                raise
             self._pending.pop(msg_id)
         fail(future, PeerLost(f"{description}: not connected to the main"))
         return future
@@ -474,26 +478,27 @@ class Window:
             self._reject(e, "a message")
 
     def _on_sub(self) -> None:
+        # One message a call: the loop calls again while input waits, a batch at a time, and
+        # runs its timers in between; a long broadcast stream must not starve the heartbeat.
         assert self._sub is not None
-        while self._sub is not None:
-            try:
-                frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._stats["messages_in"] += 1
-            try:
-                msg = protocol.unpack(self._signer, [f.buffer for f in frames], with_topic=True)
-                h = msg.header
-                if h.session != self._main_session:
-                    raise Rejected("stale_session")
-                if not self._guard.accept(MAIN_NAME, h.session, h.seq, stream=_BROADCAST_STREAM):
-                    raise Rejected("replay")
-                # Not a sign of life: a broadcast shows the main is up, not that it still has us.
-                # A main that dropped us (a partition it noticed first) goes on broadcasting to
-                # our old connection but no longer answers our pings; that must end in a rejoin.
-                self._on_broadcast_msg(msg)
-            except Rejected as e:
-                self._reject(e, "a broadcast")
+        try:
+            frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        self._stats["messages_in"] += 1
+        try:
+            msg = protocol.unpack(self._signer, [f.buffer for f in frames], with_topic=True)
+            h = msg.header
+            if h.session != self._main_session:
+                raise Rejected("stale_session")
+            if not self._guard.accept(MAIN_NAME, h.session, h.seq, stream=_BROADCAST_STREAM):
+                raise Rejected("replay")
+            # Not a sign of life: a broadcast shows the main is up, not that it still has us.
+            # A main that dropped us (a partition it noticed first) goes on broadcasting to
+            # our old connection but no longer answers our pings; that must end in a rejoin.
+            self._on_broadcast_msg(msg)
+        except Rejected as e:
+            self._reject(e, "a broadcast")
 
     def _reject(self, e: Rejected, what: str) -> None:
         self._rejected[e.reason] += 1
@@ -544,7 +549,8 @@ class Window:
             return
         if not callbacks:
             self._stats["unhandled"] += 1
-            log.warning("window %r: no callback for a message from %s on channel %r", self.name, sender, h.channel)
+            self._warn.warning("unhandled", "window %r: no callback for a message from %s on channel %r",
+                               self.name, sender, h.channel)
             return
         payload = msg.payload
 
@@ -673,8 +679,21 @@ class Window:
         Kind.PONG: _on_pong,
     }
 
-    def _send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False) -> bool:
-        """Number, sign and send to the main, from any thread; False if not connected."""
+    def _send(
+        self,
+        kind: Kind,
+        msg_id: int,
+        target: str,
+        channel: str,
+        payload: Any,
+        force: bool = False,
+        raise_full: bool = False,
+    ) -> bool:
+        """Number, sign and send to the main, from any thread; False if not connected.
+
+        A full queue to the main (its high-water mark) is counted in
+        ``dropped_hwm``; with ``raise_full`` the caller gets ``QueueFull``.
+        """
         dealer = self._dealer
         if dealer is None:
             return False
@@ -686,7 +705,9 @@ class Window:
                 dealer.send_locked(protocol.pack(self._signer, header, payload))
             except zmq.Again:
                 self._stats["dropped_hwm"] += 1
-                log.warning("window %r: the queue to the main is full; message not sent", self.name)
+                self._warn.warning("dropped_hwm", "window %r: the queue to the main is full; message not sent", self.name)
+                if raise_full:
+                    raise QueueFull(MAIN_NAME) from None
                 return False
             self._last_sent = time.monotonic()
             self._stats["messages_out"] += 1
