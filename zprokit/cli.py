@@ -1,4 +1,4 @@
-"""The ``zprokit`` command: demo, main, window, windows, ping, keygen.
+"""The ``zprokit`` command: demo, main, window, windows, ping, keygen, bench.
 
 The key is never a command-line value (``ps`` shows those to every user):
 it comes from ``--key-file`` or the ``ZPROKIT_KEY`` (``ZPROKIT_KEY_FILE``)
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import zmq
 
-from . import __version__
+from . import __version__, bench
 from .api import init_expose_in_main_world
 from .errors import ZprokitError
 from .main import Main
@@ -152,6 +152,14 @@ def cmd_ping(args: argparse.Namespace) -> int:
         summary += f", min/median/max = {min(rtts):.3f}/{statistics.median(rtts):.3f}/{max(rtts):.3f} ms"
     _out(summary)
     return 0 if rtts and len(rtts) == sent else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        bench.run_from_args(args)
+    except bench.BenchError as e:
+        raise CLIError(str(e)) from None
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -419,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write the key to FILE (new; see --force); with --curve, the public key to FILE.pub")
     p.add_argument("--curve", action="store_true", help="make a CURVE keypair instead of a shared key")
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+    p = add("bench", cmd_bench, "measure zprokit beside raw pyzmq on this machine and print both, with their ratio")
+    bench.add_arguments(p)
     return parser
 
 
