@@ -14,12 +14,20 @@ the result. The worker then serves the main until its window is closed
 (SIGTERM, e.g. ``docker compose stop``; or the main's goodbye, with
 ``zprokit window --exit-with-main``). Without that flag a worker outlives
 its main and rejoins a restarted one under its name.
+
+``tour`` is a window target that walks the whole API across the hosts of a
+running demo, printing what each call did::
+
+    docker compose run --rm worker zprokit window --name tour \
+        --connect tcp://main:5555 --key-file /run/secrets/zprokit_key examples.docker_app:tour
 """
 
 import itertools
 import socket
 import sys
 import threading
+
+from zprokit import NoHandler, WindowNotFound
 
 
 def say(text):
@@ -49,15 +57,124 @@ def setup(main):
         say(f"main: {event.sender} (host {host}) squared {n}: {squared}")
         return n
 
+    # For the tour (and any window that wants to look around): what the main alone can do.
+
+    @main.on_msg_from_render(channel="workers")
+    def workers(event, _):
+        """The registry: every connected window's name and address."""
+        return {info.name: info.address or info.host for info in main.get_all_windows()}
+
+    @main.on_msg_from_render(channel="relay")
+    def relay(event, job):
+        """Have the main ask a window to square a number: ``(name, n)`` -> ``n * n``."""
+        name, n = job
+        info = main.get_window(name)
+        if info is None:
+            raise WindowNotFound(name)
+        squared = main.main_call_render(name, n, channel="square").result(timeout=10)
+        say(f"main: asked {name} at {info.address or info.host} for {event.sender}: {n} squared is {squared}")
+        return squared
+
+    @main.on_msg_from_render(channel="tell")
+    def tell(event, job):
+        """Pass a one-way note from the main to a window: ``(name, text)``."""
+        name, text = job
+        main.main_msg_to_render(name, f"{text} (from {event.sender}, through the main)")
+
+    @main.on_msg_from_render(channel="announce")
+    def announce(event, text):
+        """Broadcast ``text`` on the "news" topic; returns how many windows are connected."""
+        main.broadcast(f"{text} (from {event.sender})", topic="news")
+        return len(main.get_all_windows())
+
+    @main.on_msg_from_render(channel="goodbye")
+    def goodbye(event, _):
+        """Close the asking window, as ``destroy_window`` closes any: it asks the window to close."""
+        return main.destroy_window(event.sender)
+
 
 def worker(window):
-    """A window target: serve "square" requests until the window is closed."""
+    """A window target: serve "square" requests (from the main or other windows) until the window is closed."""
 
     @window.on_msg_from_main(channel="square")
     def square(event, n):
-        say(f"{window.name}: squaring {n}")
+        say(f"{window.name}: squaring {n}" + ("" if event.sender == "main" else f" for {event.sender}"))
         return n * n
+
+    window.on_render_msg_to_render(square, channel="square")
+
+    @window.on_render_msg_to_render(channel="ask")
+    def ask(event, job):
+        """Ask another window to square a number, window to window: ``(name, n)``."""
+        other, n = job
+        return window.render_call_render(other, n, channel="square").result(timeout=10)
+
+    @window.on_msg_from_main
+    def note_from_main(event, text):
+        say(f"{window.name}: note from the main: {text}")
+
+    @window.on_render_msg_to_render
+    def note(event, text):
+        say(f"{window.name}: note from {event.sender}: {text}")
+
+    @window.on_broadcast(topic="news")
+    def news(event, text):
+        say(f"{window.name}: news: {text}")
 
     n = window.render_msg_to_main(socket.gethostname(), channel="ready").result(timeout=30)
     say(f"{window.name}: ready, and squared {n} for the main")
     window.wait_closed()
+
+
+def tour(window):
+    """A window target: every API call once, across the hosts of a running demo, with a transcript.
+
+    It finds the workers in the main's registry, has the main call each one
+    (``main_call_render``) and send it a note (``main_msg_to_render``), calls
+    and notes each one itself (window to window), has one worker call
+    another, asks the main for a broadcast, tries a missing window and a
+    missing handler, and last asks the main to close it (``destroy_window``).
+    """
+    me = window.name
+    news = threading.Event()
+
+    @window.on_broadcast(topic="news")
+    def on_news(event, text):
+        say(f"{me}: broadcast on {event.topic!r}: {text}")
+        news.set()
+
+    registry = window.render_msg_to_main(None, channel="workers").result(timeout=10)
+    say(f"{me}: the main has {len(registry)} windows: " + ", ".join(f"{n} ({a})" for n, a in sorted(registry.items())))
+    workers = []
+    for name in sorted(set(registry) - {me}):
+        try:
+            squared = window.render_call_render(name, 8, channel="square").result(timeout=10)
+        except NoHandler:
+            say(f"{me}: {name} is not a worker (NoHandler)")
+            continue
+        workers.append(name)
+        say(f"{me}: {name} squared 8 for me, window to window: {squared}")
+        window.render_msg_to_render(name, f"hello from {me}").result(timeout=10)
+        say(f"{me}: note delivered to {name}, window to window")
+        squared = window.render_msg_to_main((name, 7), channel="relay").result(timeout=10)
+        say(f"{me}: the main asked {name} to square 7: {squared}")
+        window.render_msg_to_main((name, f"hello from {me}"), channel="tell").result(timeout=10)
+        say(f"{me}: the main passed a note to {name}")
+    for asker, other in zip(workers, workers[1:] + workers[:1]):
+        if asker != other:
+            squared = window.render_call_render(asker, (other, 9), channel="ask").result(timeout=10)
+            say(f"{me}: {asker} asked {other} to square 9: {squared}")
+    count = window.render_msg_to_main("hello, everyone", channel="announce").result(timeout=10)
+    say(f"{me}: the main broadcast to {count} windows" + ("" if news.wait(10) else "; none reached me"))
+    try:
+        window.render_msg_to_render("worker-nobody", "anyone?").result(timeout=10)
+    except WindowNotFound as e:
+        say(f"{me}: {type(e).__name__}: {e}")
+    try:
+        window.render_msg_to_main(None, channel="no-such-channel").result(timeout=10)
+    except NoHandler as e:
+        say(f"{me}: {type(e).__name__}: {e}")
+    say(f"{me}: {len(workers)} workers toured; asking the main to close this window")
+    window.render_msg_to_main(None, channel="goodbye")
+    if window.wait_closed(10):
+        say(f"{me}: closed by the main")

@@ -10,22 +10,28 @@ example app's functions, and the image must not take the key in.
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import re
-import shlex
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
+import zprokit
+from _compose import compose_services as _compose_services
+from _compose import option as _option
+from _compose import zprokit_argv as _zprokit_argv
 from conftest import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # examples/ is not installed; `python -m pytest` from the root finds it, plain `pytest` may not
     sys.path.insert(0, ROOT)
 
-from examples import docker_app  # noqa: E402
+from examples import docker_app, farm  # noqa: E402
 EXAMPLES_DIR = os.path.join(ROOT, "examples")
 DOCKER_DIR = os.path.join(ROOT, "docker")
 
@@ -44,6 +50,12 @@ EXAMPLES = {
         "main: the work window exited with status 0",
     ],
     "asyncio_example.py": [f"render: https://example.org/page/{i} -> 200 OK" for i in range(1, 6)],
+    "farm.py": [
+        "farm: 3 workers ready",
+        "farm: job ",
+        ": 24/24 done, ",
+        "farm: results in order: " + str([x * x for x in range(24)]),
+    ],
 }
 NOT_SCRIPTS = {"__init__.py", "docker_app.py"}  # a package marker, and the app the docker demo runs
 
@@ -107,45 +119,83 @@ def test_docker_app_workers_get_work_and_serve_the_main(zprokit_main, zprokit_wi
     assert not any(t.is_alive() for t in workers), "worker() should return once its window is closed"
 
 
+def test_docker_app_tour_makes_every_call_and_is_closed_by_the_main(zprokit_main, zprokit_window, capsys) -> None:
+    docker_app.setup(zprokit_main)
+    windows = [zprokit_window("worker-a"), zprokit_window("worker-b")]
+    workers = [threading.Thread(target=docker_app.worker, args=(w,), name=f"app-{w.name}") for w in windows]
+    for t in workers:
+        t.start()
+    try:
+        assert wait_until(lambda: zprokit_main.stats()["requests_served"] >= 2, 10)  # both said they are ready
+        tour = zprokit_window("tour")
+        docker_app.tour(tour)  # returns once the main has closed it
+        assert tour.closed
+        output: list[str] = []
+
+        def printed(line: str) -> bool:  # one-way notes and broadcasts may still be on their way
+            output.append(capsys.readouterr().out)
+            return line in "".join(output)
+
+        for line in [
+            "tour: worker-a squared 8 for me, window to window: 64",
+            "tour: the main asked worker-b to square 7: 49",
+            "tour: worker-a asked worker-b to square 9: 81",
+            "tour: broadcast on 'news': hello, everyone (from tour)",
+            "tour: WindowNotFound: ",
+            "tour: NoHandler: ",
+            "tour: 2 workers toured; asking the main to close this window",
+            "tour: closed by the main",
+            "worker-b: note from tour: hello from tour",
+            "worker-a: note from the main: hello from tour (from tour, through the main)",
+            "worker-b: news: hello, everyone (from tour)",
+        ]:
+            assert wait_until(lambda: printed(line), 10), "".join(output)
+    finally:
+        for w in windows:
+            w.close()
+        for t in workers:
+            t.join(10)
+
+
+# --- the work farm, in process, losing a worker -------------------------------------------------
+
+
+def test_farm_loses_a_worker_mid_job_and_still_returns_every_result_once(zprokit_main) -> None:
+    out = io.StringIO()
+    work_farm = farm.Farm(zprokit_main, out=out)
+    handles = [zprokit_main.create_window(f"worker-{n}", farm.worker, env={"PYTHONPATH": ROOT}) for n in (1, 2, 3)]
+    assert work_farm.wait_for_workers(3, timeout=20), out.getvalue()
+    inputs = list(range(60))
+    done: list[object] = []
+    job = threading.Thread(target=lambda: done.append(work_farm.map(lambda x: (time.sleep(0.05), -x)[1], inputs)))
+    job.start()
+    try:
+        # SIGKILL a worker once the job is under way, with tasks in flight on it.
+        under_way = lambda: work_farm.stats["results"] >= 10 and work_farm.workers().get("worker-2")  # noqa: E731
+        assert wait_until(under_way, 20), out.getvalue()
+        handles[1].kill()
+    finally:
+        job.join(30)
+    assert not job.is_alive(), out.getvalue()
+    assert done == [[-x for x in inputs]], out.getvalue()  # each result once, in order
+    assert work_farm.stats["results"] == len(inputs), (work_farm.stats, out.getvalue())
+    assert work_farm.stats["requeued"] >= 1, (work_farm.stats, out.getvalue())
+    assert "farm: worker-2 lost (PeerLost); its " in out.getvalue()
+    assert handles[1].join(5) == -signal.SIGKILL
+    assert "worker-2" not in work_farm.workers()
+
+
+def test_farm_job_fails_with_the_functions_error(zprokit_main) -> None:
+    work_farm = farm.Farm(zprokit_main, out=io.StringIO())
+    zprokit_main.create_window("worker-1", farm.worker, env={"PYTHONPATH": ROOT})
+    assert work_farm.wait_for_workers(1, timeout=20)
+    with pytest.raises(zprokit.RemoteError) as failed:
+        work_farm.map(lambda x: 1 / x, [3, 2, 1, 0, 5])
+    assert failed.value.remote_type.endswith("ZeroDivisionError")
+    assert work_farm.map(lambda x: x + 1, [1, 2]) == [2, 3]  # the farm serves on
+
+
 # --- the docker demo's files ---------------------------------------------------------------------
-
-
-def _compose_services(text: str) -> dict[str, dict[str, str]]:
-    """A tiny reader for our docker-compose.yml: each service's one-line scalar keys.
-
-    Enough for this file (two-space indents, one-line commands), not for YAML
-    at large; a command that outgrows it makes this test fail, not pass.
-    """
-    services: dict[str, dict[str, str]] = {}
-    section = service = None
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        indent = len(line) - len(line.lstrip())
-        key, _, value = line.strip().partition(":")
-        if indent == 0:
-            section = key
-        elif section == "services" and indent == 2:
-            service = key
-            services[service] = {}
-        elif section == "services" and indent == 4 and value.strip():
-            services[service][key] = value.strip()
-    return services
-
-
-def _zprokit_argv(command: str) -> list[str]:
-    """The zprokit command line a compose ``command:`` runs, through ``sh -c '...'`` if there is one."""
-    argv = shlex.split(command.replace("$$", "$"))  # "$$" is compose's escape for "$"
-    if argv[:2] == ["sh", "-c"]:
-        argv = shlex.split(argv[2])
-        if argv[0] == "exec":
-            argv = argv[1:]
-    return argv
-
-
-def _option(argv: list[str], flag: str) -> str:
-    assert flag in argv, f"{flag} missing from {argv}"
-    return argv[argv.index(flag) + 1]
 
 
 def _import_target(spec: str):

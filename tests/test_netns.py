@@ -1,0 +1,386 @@
+"""Several hosts on this machine: each a Linux network namespace with an address of its own.
+
+The topology of the docker-compose demo (docker/), run with the very
+commands its services run, read from docker/docker-compose.yml: the main's
+host name ``main`` becomes the main host's address, ``$HOSTNAME`` the
+worker host's name, and the key secret a key file (mode 0600). Short
+heartbeats (``--heartbeat``/``--liveness``) keep the suite quick.
+
+Hosts: ``main``, workers ``w1``, ``w2``, ``w3``, and ``probe`` where the
+tests' own windows run (``examples.docker_app:tour``, ``examples.farm:client``,
+or ``_netns_targets:driver``, which makes API calls the test writes to it).
+Partitions cut a host's link from inside it (``ip link set eth0 down``).
+
+Times are printed (``pytest -s``) and bounded by the promise ("within a few
+heartbeat intervals"), generously, never by a benchmark figure.
+
+Needs root and ``ip``: elsewhere these tests skip with that reason, unless
+``ZPROKIT_REQUIRE_NETNS=1`` (CI sets it) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from typing import Any, Iterator
+
+import pytest
+
+import _compose
+import _netns
+from _netns import Host, HostProcess, Network
+from conftest import TESTS_DIR, wait_until
+
+HEARTBEAT = 0.2
+LIVENESS = 3
+FEW_INTERVALS = HEARTBEAT * LIVENESS + 2.0  # the promise, with room for a loaded machine
+DEADLINE = _netns.DEADLINE
+KEY_SECRET = "/run/secrets/zprokit_key"  # where compose mounts the key; a file of ours here
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def require_netns() -> None:
+    """Skip without namespaces, or fail if ``ZPROKIT_REQUIRE_NETNS=1`` says they must be there."""
+    reason = _netns.unavailable()
+    if reason is None:
+        return
+    if os.environ.get("ZPROKIT_REQUIRE_NETNS") == "1":
+        pytest.fail(f"{reason} (ZPROKIT_REQUIRE_NETNS=1: these tests must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def test_without_namespaces_the_tests_skip_or_fail_as_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_netns, "unavailable", lambda: _netns.REASON + ": not root")
+    monkeypatch.delenv("ZPROKIT_REQUIRE_NETNS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs root and the ip command"):
+        require_netns()
+    monkeypatch.setenv("ZPROKIT_REQUIRE_NETNS", "1")
+    with pytest.raises(pytest.fail.Exception, match="ZPROKIT_REQUIRE_NETNS=1"):
+        require_netns()
+
+
+def machine_network() -> str:
+    """The machine's own links, addresses and routes, to show that the tests add nothing there.
+
+    Without what changes by itself (address lifetimes, link state and counters).
+    """
+    links = [line.split(":")[1].strip() for line in _netns.ip("-o", "link").splitlines()]
+    addresses = [" ".join(line.split()[1:4]) for line in _netns.ip("-o", "addr").splitlines()]
+    routes = [re.sub(r" expires \S+", "", line) for line in _netns.ip("route").splitlines()]
+    return "\n".join(links + addresses + routes)
+
+
+@pytest.fixture(scope="module")
+def machine_before() -> str:
+    """The machine's own network before any host is made."""
+    require_netns()
+    return machine_network()
+
+
+@pytest.fixture(scope="module")
+def network(machine_before: str) -> Iterator[Network]:
+    net = Network()
+    try:
+        for name in ("main", "w1", "w2", "w3", "probe"):
+            net.add_host(name)
+        yield net
+    finally:
+        net.close()
+    left = [ns for ns in _netns.ip("netns", "list").split() if ns.startswith(f"zp-{net.tag}-")]
+    assert not left, f"namespaces left behind: {left}"
+    assert machine_network() == machine_before, "the machine's own network changed"
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shared key, as ``zprokit keygen -o`` writes it: a fresh file, mode 0600."""
+    path = tmp_path_factory.mktemp("netns") / "zprokit.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return str(path)
+
+
+class Deployment:
+    """What one test runs on the network; everything is stopped after the test (see ``deploy``)."""
+
+    def __init__(self, network: Network, key_file: str) -> None:
+        self.net = network
+        self.key_file = key_file
+        self.main_host = network.hosts["main"]
+        self.endpoint = f"tcp://{self.main_host.address}:5555"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
+        self.env["PYTHONPATH"] = os.pathsep.join([_compose.ROOT, TESTS_DIR])  # the image's /app, and _netns_targets
+        self.env["PYTHONUNBUFFERED"] = "1"  # as in the image
+
+    def command(self, service: str, host: Host, *, run: str | None = None, name: str | None = None) -> list[str]:
+        """The compose ``service``'s command for ``host``: the main's address for ``main``, the host's name
+        for ``$HOSTNAME``, our key file for the secret; ``run`` replaces its APP or TARGET, ``name`` its name."""
+        argv = _compose.service_argv(service)
+        assert argv[0] == "zprokit" and KEY_SECRET in argv, argv
+        substituted = []
+        for arg in argv[1:]:
+            arg = arg.replace("tcp://main:", f"tcp://{self.main_host.address}:").replace("$HOSTNAME", host.name)
+            substituted.append(self.key_file if arg == KEY_SECRET else arg)
+        assert not any("tcp://main:" in arg or "$" in arg for arg in substituted), substituted  # nothing missed
+        if name is not None:
+            substituted[substituted.index("--name") + 1] = name
+        # Short heartbeats, before the APP or TARGET; anything else is the compose file's.
+        substituted[-1:-1] = ["--heartbeat", str(HEARTBEAT), "--liveness", str(LIVENESS)]
+        if run is not None:
+            substituted[-1] = run
+        return [sys.executable, "-m", "zprokit", *substituted]
+
+    def start_main(self, app: str | None = None) -> HostProcess:
+        main = self.main_host.run(self.command("main", self.main_host, run=app), self.env)
+        main.expect(r"^zprokit main: listening on tcp://0\.0\.0\.0:5555 \(broadcasts on tcp://0\.0\.0\.0:5556\)$")
+        return main
+
+    def start_worker(self, host_name: str, target: str | None = None) -> HostProcess:
+        host = self.net.hosts[host_name]
+        return host.run(self.command("worker", host, run=target), self.env)
+
+    def start_window(self, host_name: str, name: str, target: str, env: dict[str, str] | None = None,
+                     stdin: bool = False) -> HostProcess:
+        """Another window, connected as the workers are, running ``target``."""
+        host = self.net.hosts[host_name]
+        return host.run(self.command("worker", host, run=target, name=name), {**self.env, **(env or {})}, stdin)
+
+    def stop(self) -> None:
+        """Kill everything the test started, and heal every link; every step is tried."""
+        errors = []
+        for host in self.net.hosts.values():
+            for step in (host.kill_all, host.heal):  # a test that failed mid-partition leaves no link down
+                try:
+                    step()
+                except Exception as e:
+                    errors.append(f"{host.name}: {e}")
+        for proc in self.net.processes:
+            try:
+                proc.close()
+            except Exception as e:
+                errors.append(f"{proc}: {e}")
+        self.net.processes.clear()
+        assert not errors, errors
+
+
+@pytest.fixture
+def deploy(network: Network, key_file: str) -> Iterator[Deployment]:
+    deployment = Deployment(network, key_file)
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+class Driver:
+    """The API of a window on another host, through ``_netns_targets:driver``."""
+
+    def __init__(self, proc: HostProcess) -> None:
+        self.proc = proc
+        self._ids = itertools.count(1)
+        proc.expect(r'^\{"ready"')
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> int:
+        """Make the call on the remote window; its id, for ``outcome``."""
+        request_id = next(self._ids)
+        self.proc.send(json.dumps({"id": request_id, "call": method, "args": args, "kwargs": kwargs}))
+        return request_id
+
+    def outcome(self, request_id: int, timeout: float = DEADLINE) -> dict[str, Any]:
+        def is_it(line: str) -> bool:
+            return line.startswith("{") and json.loads(line).get("id") == request_id
+
+        return json.loads(self.proc.wait_line(is_it, timeout, what=f"for request {request_id}")[1])
+
+    def result(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        outcome = self.outcome(self.call(method, *args, **kwargs))
+        assert "result" in outcome, outcome
+        return outcome["result"]
+
+
+def connected(main: HostProcess, name: str, since: int = 0, timeout: float = DEADLINE) -> tuple[float, str, int]:
+    """Wait for the main's line saying ``name`` connected: when, from which address, with which pid."""
+    when, match = main.expect(rf"^main: {name} connected from ([\d.]+) \(pid (\d+)\)$", timeout, since)
+    return when, match.group(1), int(match.group(2))
+
+
+# --- the tests ------------------------------------------------------------------------------------
+
+
+def test_hosts_are_namespaces_of_their_own(network: Network, machine_before: str) -> None:
+    addresses = {host.address for host in network.hosts.values()}
+    assert len(addresses) == len(network.hosts)
+    for host in network.hosts.values():
+        assert host.address in _netns.ip("-o", "addr", "show", "dev", host.dev, ns=host.ns)
+    assert network.subnet + "." not in machine_network()  # none of it on the machine's own network
+    assert machine_network() == machine_before
+
+
+def test_every_api_row_across_hosts(deploy: Deployment) -> None:
+    net = deploy.net
+    main = deploy.start_main()
+    workers = {name: deploy.start_worker(name) for name in ("w1", "w2")}
+    for name, proc in workers.items():
+        _, address, pid = connected(main, f"worker-{name}")
+        assert address == net.hosts[name].address and pid == proc.pid  # each on its own host
+        proc.expect(rf"^worker-{name}: ready, and squared \d+ for the main$")
+
+    listing = net.hosts["probe"].run(
+        [sys.executable, "-m", "zprokit", "windows", "--connect", deploy.endpoint, "--key-file", deploy.key_file],
+        deploy.env,
+    )
+    assert listing.wait() == 0, listing.errors
+    rows = {line.split()[0]: line.split() for line in listing.output().splitlines()[1:]}
+    assert set(rows) == {"worker-w1", "worker-w2"}
+    assert [rows[f"worker-{n}"][2] for n in ("w1", "w2")] == [str(workers[n].pid) for n in ("w1", "w2")]
+
+    tour = deploy.start_window("probe", "tour", "examples.docker_app:tour")
+    assert tour.wait(DEADLINE * 2) == 0, tour.output() + "\n" + "\n".join(tour.errors)
+    transcript = tour.output()
+    print("\n" + transcript)
+    probe = net.hosts["probe"].address
+    expected = [
+        f"tour: the main has 3 windows: tour ({probe}), worker-w1 ({net.hosts['w1'].address}), "
+        f"worker-w2 ({net.hosts['w2'].address})",
+        "tour: worker-w1 squared 8 for me, window to window: 64",
+        "tour: note delivered to worker-w2, window to window",
+        "tour: the main asked worker-w1 to square 7: 49",
+        "tour: the main passed a note to worker-w2",
+        "tour: worker-w1 asked worker-w2 to square 9: 81",
+        "tour: worker-w2 asked worker-w1 to square 9: 81",
+        "tour: the main broadcast to 3 windows",
+        "tour: broadcast on 'news': hello, everyone (from tour)",
+        "tour: WindowNotFound: ",
+        "tour: NoHandler: ",
+        "tour: 2 workers toured; asking the main to close this window",
+        "tour: closed by the main",
+    ]
+    for line in expected:
+        assert line in transcript
+    for name, proc in workers.items():
+        w = f"worker-{name}"
+        proc.expect(rf"^{w}: note from tour: hello from tour$")
+        proc.expect(rf"^{w}: note from the main: hello from tour \(from tour, through the main\)$")
+        proc.expect(rf"^{w}: news: hello, everyone \(from tour\)$")
+        proc.expect(rf"^{w}: squaring 9 for worker-w[12]$")
+        main.expect(rf"^main: asked {w} at {net.hosts[name].address} for tour: 7 squared is 49$")
+    connected(main, "tour")
+    main.expect(r"^main: tour left$")
+
+
+def test_a_cut_off_host_is_dropped_and_rejoins_when_healed(deploy: Deployment) -> None:
+    main = deploy.start_main()
+    workers = {name: deploy.start_worker(name) for name in ("w1", "w2")}
+    for name in workers:
+        connected(main, f"worker-{name}")
+    driver = Driver(deploy.start_window("probe", "probe", "_netns_targets:driver", stdin=True))
+    assert driver.result("render_call_render", "worker-w2", 3, channel="square") == 9
+    w2 = deploy.net.hosts["w2"]
+
+    mark = main.mark()
+    cut = time.monotonic()
+    w2.cut()
+    # Requests on their way to the cut-off host: one routed window -> window, one the main makes.
+    routed = driver.call("render_call_render", "worker-w2", 4, channel="square", timeout=30)
+    relayed = driver.call("render_msg_to_main", ["worker-w2", 5], channel="relay", timeout=30)
+    noticed, _ = main.expect(r"^main: worker-w2 left$", FEW_INTERVALS, since=mark)
+    detection = noticed - cut
+    assert driver.outcome(routed)["error"] == "PeerLost"
+    failed = driver.outcome(relayed)
+    assert failed["error"] == "RemoteError" and failed["remote_type"].endswith("PeerLost"), failed
+    # The other hosts carry on.
+    assert driver.result("render_call_render", "worker-w1", 6, channel="square") == 36
+    assert driver.result("render_msg_to_main", ["worker-w1", 7], channel="relay") == 49
+    assert "main: worker-w1 left" not in main.output()
+    assert wait_until(lambda: any("lost the main" in line for line in workers["w2"].errors), FEW_INTERVALS), \
+        workers["w2"].errors
+
+    mark = main.mark()
+    healed = time.monotonic()
+    w2.heal()
+    back, address, pid = connected(main, "worker-w2", since=mark)
+    rejoin = back - healed
+    assert (address, pid) == (w2.address, workers["w2"].pid)  # the same process, under its name
+    assert workers["w2"].proc.poll() is None
+    assert driver.result("render_call_render", "worker-w2", 8, channel="square") == 64
+    assert driver.result("render_msg_to_main", ["worker-w2", 9], channel="relay") == 81
+    print(f"\npartition (heartbeat {HEARTBEAT} s x {LIVENESS}): the main dropped the cut-off window "
+          f"{detection:.3f} s after the cut; it rejoined {rejoin:.3f} s after the link came back")
+    assert detection >= HEARTBEAT  # it was the heartbeat: a cut link says nothing
+    assert detection < FEW_INTERVALS
+
+
+def test_the_main_host_lost_and_restarted_gets_every_window_back(deploy: Deployment) -> None:
+    main = deploy.start_main()
+    workers = {name: deploy.start_worker(name) for name in ("w1", "w2", "w3")}
+    for name in workers:
+        connected(main, f"worker-{name}")
+    driver = Driver(deploy.start_window("probe", "probe", "_netns_targets:driver", stdin=True))
+    connected(main, "probe")
+    windows = [f"worker-{name}" for name in workers] + ["probe"]
+
+    # The host goes away at once, without a word: its link first, then every process on it.
+    lost = time.monotonic()
+    deploy.main_host.cut()
+    deploy.main_host.kill_all()
+    assert wait_until(lambda: all(any("lost the main" in line for line in w.errors) for w in workers.values()),
+                      FEW_INTERVALS), {name: w.errors for name, w in workers.items()}
+    noticed = time.monotonic() - lost
+
+    deploy.main_host.heal()
+    restarted = time.monotonic()
+    main = deploy.start_main()
+    listening = time.monotonic() - restarted
+    back = max(connected(main, name)[0] for name in windows) - restarted
+    print(f"\nmain host lost: its windows noticed within {noticed:.3f} s; after a restart the main listened "
+          f"in {listening:.3f} s and all {len(windows)} windows had re-registered {back:.3f} s after the start")
+    for name, proc in workers.items():
+        assert proc.proc.poll() is None  # the same worker processes, with their callbacks
+        assert driver.result("render_msg_to_main", [f"worker-{name}", 4], channel="relay") == 16
+    assert driver.result("render_call_render", "worker-w3", 5, channel="square") == 25
+    assert back < FEW_INTERVALS + DEADLINE
+
+
+def test_the_farm_across_hosts_loses_one_worker_host_and_cuts_off_another(deploy: Deployment) -> None:
+    tasks = 100
+    net = deploy.net
+    main = deploy.start_main(app="examples.farm:serve")
+    for name in ("w1", "w2", "w3"):
+        deploy.start_worker(name, target="examples.farm:worker")
+        main.expect(rf"^farm: worker-{name} joined \(2 slots, {net.hosts[name].address}\)$")
+    client = deploy.start_window("probe", "client", "examples.farm:client",
+                                 env={"FARM_TASKS": str(tasks), "FARM_DELAY": "0.1"})
+    main.expect(rf": 10/{tasks} done, ")
+
+    mark = main.mark()
+    net.hosts["w3"].kill_all()  # a worker host dies...
+    cut = time.monotonic()
+    net.hosts["w2"].cut()  # ...and another is cut off, in the middle of the job
+    main.expect(r"^farm: worker-w3 lost \(PeerLost\)", FEW_INTERVALS, since=mark)
+    noticed, _ = main.expect(r"^farm: worker-w2 lost \(PeerLost\)", FEW_INTERVALS, since=mark)
+    mark = main.mark()
+    healed = time.monotonic()
+    net.hosts["w2"].heal()
+    back, _ = main.expect(rf"^farm: worker-w2 joined \(2 slots, {net.hosts['w2'].address}\)$", DEADLINE, since=mark)
+    rejoined = main.mark()
+
+    assert client.wait(DEADLINE * 2) == 0, client.output() + "\n" + "\n".join(client.errors)
+    client.expect(r"^client: every result present once, in order$")
+    client.expect(rf"^client: {tasks}/{tasks} done$")
+    _, summary = main.expect(rf"^farm: job \w+: {tasks} tasks done in [\d.]+ s \((.*)\); (\d+) re-queued$")
+    shares = {name: int(n) for name, n in (part.split() for part in summary.group(1).split(", "))}
+    print(f"\nfarm across hosts: {tasks} tasks, {summary.group(2)} re-queued, done by {shares}; the cut-off "
+          f"worker's tasks went back {noticed - cut:.3f} s after the cut, and it took tasks again "
+          f"{back - healed:.3f} s after the link came back")
+    assert sum(shares.values()) == tasks  # each result once
+    assert int(summary.group(2)) >= 1
+    assert set(shares) == {"worker-w1", "worker-w2", "worker-w3"}
+    # The healed worker took work again after it rejoined.
+    assert any("running on 2 workers" in line for _, line in main.lines[rejoined:]), main.output()
