@@ -267,3 +267,22 @@ def test_a_window_the_main_dropped_rejoins_though_broadcasts_still_reach_it():
                 sender.join(10)
             window.terminate()
             window.wait(10)
+
+
+def test_a_window_the_main_dropped_is_told_and_rejoins_before_its_own_liveness_limit():
+    """The main drops a window that is alive and still connected (as after a one-sided partition):
+    its next ping is answered with "rejoin", long before the window would give up on the main."""
+    key = "lifecycle-test-key"
+    window_liveness = 50  # 10 s at heartbeat 0.2: the window would not notice on its own for that long
+    with zprokit.Main("tcp://127.0.0.1:0", key=key, heartbeat=HEARTBEAT, liveness=LIVENESS) as main:
+        came = Inbox()
+        main.on_window_connected(lambda info: came.put(info.name))
+        with zprokit.Window("dropped", main.endpoint, key=key, heartbeat=HEARTBEAT, liveness=window_liveness) as w:
+            w.on_msg_from_main(lambda event, msg: msg, channel="echo")
+            assert came.get() == "dropped"
+            dropped = time.monotonic()
+            main._loop.call_soon(lambda: main._drop_window("dropped", "dropped by the test"))
+            assert came.get(timeout=HEARTBEAT * window_liveness / 2) == "dropped"
+            print(f"\ndropped window rejoined {time.monotonic() - dropped:.3f} s later "
+                  f"(its own liveness limit: {HEARTBEAT * window_liveness:.0f} s)")
+            assert main.main_call_render("dropped", "back", channel="echo").result(5) == "back"

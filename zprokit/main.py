@@ -580,6 +580,10 @@ class Main:
         window = self._windows.get(name)
         if window is None or window.session != h.session or h.source != name or window.ident != ident:
             self._reject("unregistered", name)
+            if h.kind in (Kind.PING, Kind.REQUEST, Kind.MESSAGE) and (window is None or window.ident != ident):
+                # A window we dropped (silent too long: a partition, a freeze) that still talks to
+                # us on our session: tell it, so it rejoins now, not after its own liveness timeout.
+                self._raw_reply_error(ident, h, PeerLost("the main had dropped this window"), rejoin=True)
             return
         if not self._guard.accept(name, h.session, h.seq):
             self._reject("replay", name)
@@ -925,9 +929,9 @@ class Main:
     def _send_error(self, name: str, msg_id: int, exc: BaseException) -> None:
         self._send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(protocol.error_body(exc, MAIN_NAME))], origin="")
 
-    def _raw_reply_error(self, ident: bytes, h: Header, exc: BaseException) -> None:
+    def _raw_reply_error(self, ident: bytes, h: Header, exc: BaseException, **extra: Any) -> None:
         header = Header(Kind.ERROR, h.msg_id, 0, self.session, h.session, "", h.source)
-        self._sign_and_send(ident, header, [protocol.encode_body(protocol.error_body(exc, MAIN_NAME))])
+        self._sign_and_send(ident, header, [protocol.encode_body({**protocol.error_body(exc, MAIN_NAME), **extra})])
 
     def _raw_send(self, ident: bytes, frames: list[Any]) -> bool:
         try:

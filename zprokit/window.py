@@ -517,6 +517,10 @@ class Window:
 
     def _on_reply(self, msg: protocol.Message) -> None:
         h = msg.header
+        if h.kind == Kind.ERROR and protocol.decode_body(msg.payload).get("rejoin") is True:
+            # The main dropped us (it stopped hearing us for a while) but we still reach it.
+            self._lose_main("the main had dropped this window")
+            return
         pending = self._pending.pop(h.msg_id)
         if pending is None:
             self._stats["late_replies"] += 1  # its request timed out already
