@@ -94,13 +94,11 @@ class SharedSocket:
         self.fd: int = socket.getsockopt(zmq.FD)
         self._loop = loop
 
-    def send(self, frames: list[Any]) -> None:
-        """Send now, from any thread; raises ``zmq.ZMQError`` (``EAGAIN``, ``EHOSTUNREACH`` ...)."""
-        with self.lock:
-            self.send_locked(frames)
-
     def send_locked(self, frames: list[Any]) -> None:
-        """``send`` for a caller that holds ``lock`` (to number and send in one step)."""
+        """Send now, from any thread holding ``lock`` (so it numbers and sends in one step).
+
+        Raises ``zmq.ZMQError`` (``EAGAIN``, ``EHOSTUNREACH`` ...).
+        """
         if self.closed:
             raise zmq.ZMQError(zmq.ENOTSOCK, "socket closed")
         try:

@@ -91,7 +91,6 @@ class _Route:
     source: str
     source_msg_id: int
     target: str
-    kind: Kind
 
 
 class Main:
@@ -811,7 +810,7 @@ class Main:
                 self._send_error(source, h.msg_id, WindowNotFound(h.target))
             return
         msg_id = next(self._ids)
-        self._routes[msg_id] = _Route(source, h.msg_id, h.target, h.kind)
+        self._routes[msg_id] = _Route(source, h.msg_id, h.target)
         try:
             sent = self._send_to(h.target, Kind.REQUEST, msg_id, h.channel, msg.payload, origin=source, raise_full=True)
         except QueueFull as e:

@@ -201,7 +201,6 @@ class Signer:
     """HMAC-SHA256 with a pre-keyed state, copied per message (cheaper than re-keying)."""
 
     __slots__ = ("_base",)
-    digest_size = 32
 
     def __init__(self, key: bytes) -> None:
         if not key:
