@@ -19,6 +19,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import threading
 import time
 from typing import Any, Callable
@@ -28,6 +29,13 @@ import zmq
 log = logging.getLogger(__name__)
 
 __all__ = ["IOLoop"]
+
+# Plain ints: pyzmq's flag enums cost an enum construction per use, on every message.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 class _Waker:
@@ -87,12 +95,15 @@ class SharedSocket:
 
     BATCH = 256  # messages per drain, so senders are never locked out for long
 
-    def __init__(self, socket: zmq.Socket, loop: "IOLoop") -> None:
+    def __init__(self, socket: zmq.Socket, loop: "IOLoop", copied: int = 1) -> None:
         self.socket = socket
         self.lock = threading.Lock()
         self.closed = False
         self.fd: int = socket.getsockopt(zmq.FD)
         self._loop = loop
+        # How many leading frames of a message arrive as bytes (copied; cheaper for small
+        # frames); the rest arrive as zmq.Frame, uncopied, with their metadata (User-Id ...).
+        self._copied = copied
 
     def send_locked(self, frames: list[Any]) -> None:
         """Send now, from any thread holding ``lock`` (so it numbers and sends in one step).
@@ -101,22 +112,36 @@ class SharedSocket:
         """
         if self.closed:
             raise zmq.ZMQError(zmq.ENOTSOCK, "socket closed")
+        socket = self.socket
         try:
-            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            last = len(frames) - 1
+            for i, frame in enumerate(frames):
+                # Copied below pyzmq's copy threshold, sent in place above it.
+                socket.send(frame, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK, copy=False)
         finally:
-            if self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if socket.get(_EVENTS) & _POLLIN:
                 self._loop.wake()
 
-    def drain(self) -> list[list[zmq.Frame]]:
-        """Up to ``BATCH`` waiting messages. Loop thread only."""
-        batch: list[list[zmq.Frame]] = []
+    def drain(self) -> list[list[Any]]:
+        """Up to ``BATCH`` waiting messages. Loop thread only.
+
+        Reads until ``EAGAIN``: that also tells ZeroMQ we are waiting, so the next message
+        signals the descriptor again. (Asking ``ZMQ_EVENTS`` per message costs system calls.)
+        """
+        batch: list[list[Any]] = []
         with self.lock:
             if self.closed:
                 return batch
             socket = self.socket
-            # ZMQ_EVENTS, not recv until EAGAIN: raising zmq.Again costs more than asking
-            while len(batch) < self.BATCH and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                batch.append(socket.recv_multipart(zmq.NOBLOCK, copy=False))
+            recv, get, copied = socket.recv, socket.get, self._copied
+            try:
+                while len(batch) < self.BATCH:
+                    parts = [recv(_NOBLOCK)]
+                    while get(_RCVMORE):
+                        parts.append(recv(_NOBLOCK, copy=len(parts) < copied))
+                    batch.append(parts)
+            except zmq.Again:
+                pass
         return batch
 
     def close(self, linger_ms: int) -> None:
@@ -131,7 +156,7 @@ class IOLoop:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._poller = zmq.Poller()
+        self._poller = select.poll()  # plain descriptors only: one system call, no pyzmq layer
         # sockets only the loop touches, by ZMQ_FD: polling plain descriptors is one system
         # call, where zmq_poll on socket items makes several per socket
         self._handlers: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
@@ -143,7 +168,7 @@ class IOLoop:
         self._timer_ids = itertools.count()
         self._wait_until = 0.0  # when the loop's current poll times out at the latest
         self._waker = _Waker()
-        self._poller.register(self._waker.fd, zmq.POLLIN)
+        self._poller.register(self._waker.fd, select.POLLIN)
         self._woken = False
         self._more = False  # a shared socket had a full batch: poll without waiting
         self._stopping = False
@@ -156,7 +181,7 @@ class IOLoop:
         """Watch ``socket`` (the loop's alone); ``on_readable`` runs on the loop while it has input."""
         fd = socket.getsockopt(zmq.FD)
         self._handlers[fd] = (socket, on_readable)
-        self._poller.register(fd, zmq.POLLIN)
+        self._poller.register(fd, select.POLLIN)
         self._recheck.add(fd)  # input may be waiting already: the descriptor only signals changes
         self._more = True
 
@@ -170,7 +195,7 @@ class IOLoop:
     def add_shared(self, shared: SharedSocket, on_message: Callable[[list[zmq.Frame]], None]) -> None:
         """Watch ``shared``; ``on_message(frames)`` runs on the loop for each message it receives."""
         self._shared[shared] = on_message
-        self._poller.register(shared.fd, zmq.POLLIN)
+        self._poller.register(shared.fd, select.POLLIN)
 
     def remove_shared(self, shared: SharedSocket) -> None:
         if self._shared.pop(shared, None) is not None:
@@ -247,7 +272,7 @@ class IOLoop:
                 self._waker.close()
 
     def _run_once(self) -> None:
-        timeout_ms: int | None = None
+        timeout_ms = -1
         self._wait_until = float("inf")
         if self._calls or self._more:
             timeout_ms = 0
@@ -295,7 +320,7 @@ class IOLoop:
             if entry is None:
                 return  # its handler removed it
             socket, handler = entry
-            if socket.closed or not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if socket.closed or not socket.get(_EVENTS) & _POLLIN:
                 return
             self._guarded(handler)
         self._recheck.add(fd)

@@ -522,7 +522,7 @@ class Main:
             self._send_to(name, Kind.PING, 0, "", (), origin="")
 
     def _on_xpub(self, frames: list[zmq.Frame]) -> None:
-        event = frames[0].bytes
+        event = frames[0]  # bytes: the one frame of a subscription event
         if not event:
             return
         topic = event[1:]
@@ -544,7 +544,9 @@ class Main:
             self._reject(e.reason, e)
 
     def _on_verified(self, raw: list[zmq.Frame]) -> None:
-        ident = raw[0].bytes
+        ident = raw[0]  # bytes; the rest are zmq.Frames (the last one carries the metadata)
+        if len(raw) < 2:
+            raise Rejected("malformed", "no frames")
         frames = [f.buffer for f in raw[1:]]
         try:
             msg = protocol.unpack(self._signer, frames, max_size=self._max_size)

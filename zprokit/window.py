@@ -457,7 +457,7 @@ class Window:
             return
         self._stats["messages_in"] += 1
         try:
-            msg = protocol.unpack(self._signer, [f.buffer for f in frames])
+            msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])])
             h = msg.header
             if h.peer_session != self.session:
                 raise Rejected("stale_session")
