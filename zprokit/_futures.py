@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, Generator
+from typing import Any, Callable, Generator
 
 from .errors import Timeout
 
@@ -23,10 +23,18 @@ class ReplyFuture(concurrent.futures.Future):
     def __init__(self, description: str = "request") -> None:
         super().__init__()
         self.description = description
+        # Set by a node that can read the answer on the waiting thread itself, sparing a
+        # thread handoff: reader(future, timeout) waits and returns the time left (None: no limit).
+        self._reader: Callable[["ReplyFuture", float | None], float | None] | None = None
+        self._deadline = 0.0  # when the request itself times out (time.monotonic()), for a reader
 
     def result(self, timeout: float | None = None) -> Any:
+        wait = timeout
+        reader = self._reader
+        if reader is not None and not self.done():
+            wait = reader(self, timeout)
         try:
-            return super().result(timeout)
+            return super().result(wait)
         except concurrent.futures.TimeoutError:
             if self.done():
                 raise

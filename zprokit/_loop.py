@@ -18,10 +18,12 @@ import collections
 import heapq
 import itertools
 import logging
+import math
 import os
 import select
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 import zmq
@@ -82,15 +84,24 @@ class _Waker:
 
 
 class SharedSocket:
-    """A socket that any thread may send on, under a lock, while the loop thread receives.
+    """A socket that any thread may send on, under a lock, and one thread at a time reads.
 
-    ZeroMQ sockets are not thread-safe: the lock serializes every use, and is
+    ZeroMQ sockets are not thread-safe: ``lock`` serializes every use, and is
     the full memory barrier ZeroMQ asks for when a socket changes threads.
-    The loop polls the socket's ``ZMQ_FD``, a plain descriptor, so waiting
-    never touches the socket. That descriptor is edge-triggered, and any
-    operation on the socket (a send included) may consume the edge; so after
-    every send we look at ``ZMQ_EVENTS`` and wake the loop if input waits,
-    and the loop drains every shared socket on every wake-up.
+
+    Reading is the loop's job, except while a caller waits for an answer:
+    then the caller reads (``rx`` says who does), so the answer reaches the
+    thread that waits for it without a hop through the loop (a thread handoff
+    under the GIL costs tens of microseconds). The reader holds ``rx`` from
+    its drain until it has handled the batch, so messages are handled in the
+    order they came, whoever reads.
+
+    Waiting never touches the socket: readers poll its ``ZMQ_FD``, a plain
+    descriptor. That descriptor is edge-triggered, and any operation on the
+    socket (a send included) may consume the edge; so after every send we
+    look at ``ZMQ_EVENTS`` and, if input waits, wake the loop and a caller
+    that reads (``reader_waker``); a caller that stops reading does the same
+    check, and the loop drains every shared socket on every wake-up.
     """
 
     BATCH = 256  # messages per drain, so senders are never locked out for long
@@ -98,12 +109,21 @@ class SharedSocket:
     def __init__(self, socket: zmq.Socket, loop: "IOLoop", copied: int = 1) -> None:
         self.socket = socket
         self.lock = threading.Lock()
+        self.rx = threading.Lock()
         self.closed = False
         self.fd: int = socket.getsockopt(zmq.FD)
         self._loop = loop
         # How many leading frames of a message arrive as bytes (copied; cheaper for small
         # frames); the rest arrive as zmq.Frame, uncopied, with their metadata (User-Id ...).
         self._copied = copied
+        # Wakes a caller that reads: a send consumed its edge, the socket closed, its future
+        # was settled by another thread. Closed when this object goes (a caller polling it
+        # holds a reference), never while a poll may still be using it.
+        self.reader_waker = _Waker()
+        weakref.finalize(self, self.reader_waker.close)
+        self._reader_poll = select.poll()
+        self._reader_poll.register(self.fd, select.POLLIN)
+        self._reader_poll.register(self.reader_waker.fd, select.POLLIN)
 
     def send_locked(self, frames: list[Any]) -> None:
         """Send now, from any thread holding ``lock`` (so it numbers and sends in one step).
@@ -121,9 +141,11 @@ class SharedSocket:
         finally:
             if socket.get(_EVENTS) & _POLLIN:
                 self._loop.wake()
+                if self.rx.locked():
+                    self.reader_waker.wake()
 
     def drain(self) -> list[list[Any]]:
-        """Up to ``BATCH`` waiting messages. Loop thread only.
+        """Up to ``BATCH`` waiting messages, for the holder of ``rx``.
 
         Reads until ``EAGAIN``: that also tells ZeroMQ we are waiting, so the next message
         signals the descriptor again. (Asking ``ZMQ_EVENTS`` per message costs system calls.)
@@ -144,11 +166,25 @@ class SharedSocket:
                 pass
         return batch
 
+    def input_waiting(self) -> bool:
+        with self.lock:
+            return not self.closed and bool(self.socket.get(_EVENTS) & _POLLIN)
+
+    def wait_readable(self, timeout: float) -> None:
+        """Block (without the GIL) until input may wait, the reader waker fires, or ``timeout`` s pass.
+
+        For the holder of ``rx`` only (so the one poll object is never used by two threads).
+        """
+        for fd, _ in self._reader_poll.poll(math.ceil(timeout * 1000)):
+            if fd == self.reader_waker.fd:
+                self.reader_waker.drain()
+
     def close(self, linger_ms: int) -> None:
         with self.lock:
             if not self.closed:
                 self.closed = True
                 self.socket.close(linger_ms)
+        self.reader_waker.wake()  # a caller reading it stops
 
 
 class IOLoop:
@@ -156,7 +192,8 @@ class IOLoop:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._poller = select.poll()  # plain descriptors only: one system call, no pyzmq layer
+        self._poller = select.epoll()  # plain descriptors only: one system call, no pyzmq layer
+        self._reg_lock = threading.Lock()  # registrations of shared sockets, which readers pause
         # sockets only the loop touches, by ZMQ_FD: polling plain descriptors is one system
         # call, where zmq_poll on socket items makes several per socket
         self._handlers: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
@@ -168,7 +205,7 @@ class IOLoop:
         self._timer_ids = itertools.count()
         self._wait_until = 0.0  # when the loop's current poll times out at the latest
         self._waker = _Waker()
-        self._poller.register(self._waker.fd, select.POLLIN)
+        self._poller.register(self._waker.fd, select.EPOLLIN)
         self._woken = False
         self._more = False  # a shared socket had a full batch: poll without waiting
         self._stopping = False
@@ -181,7 +218,7 @@ class IOLoop:
         """Watch ``socket`` (the loop's alone); ``on_readable`` runs on the loop while it has input."""
         fd = socket.getsockopt(zmq.FD)
         self._handlers[fd] = (socket, on_readable)
-        self._poller.register(fd, select.POLLIN)
+        self._poller.register(fd, select.EPOLLIN)
         self._recheck.add(fd)  # input may be waiting already: the descriptor only signals changes
         self._more = True
 
@@ -189,17 +226,41 @@ class IOLoop:
         for fd, (sock, _) in list(self._handlers.items()):
             if sock is socket:
                 del self._handlers[fd]
-                self._poller.unregister(fd)
+                self._unregister(fd)
                 self._recheck.discard(fd)
 
     def add_shared(self, shared: SharedSocket, on_message: Callable[[list[zmq.Frame]], None]) -> None:
         """Watch ``shared``; ``on_message(frames)`` runs on the loop for each message it receives."""
-        self._shared[shared] = on_message
-        self._poller.register(shared.fd, select.POLLIN)
+        with self._reg_lock:
+            self._shared[shared] = on_message
+            self._poller.register(shared.fd, select.EPOLLIN)
 
     def remove_shared(self, shared: SharedSocket) -> None:
-        if self._shared.pop(shared, None) is not None:
-            self._poller.unregister(shared.fd)
+        with self._reg_lock:
+            if self._shared.pop(shared, None) is not None:
+                self._unregister(shared.fd)
+
+    def _unregister(self, fd: int) -> None:
+        try:
+            self._poller.unregister(fd)
+        except (OSError, ValueError):  # closed already: epoll forgot it with its last reference
+            pass
+
+    def pause(self, shared: SharedSocket) -> None:
+        """Stop watching ``shared`` (a caller reads it now). From any thread."""
+        self._watch(shared, 0)
+
+    def resume(self, shared: SharedSocket) -> None:
+        """Watch ``shared`` again. From any thread."""
+        self._watch(shared, select.EPOLLIN)
+
+    def _watch(self, shared: SharedSocket, events: int) -> None:
+        with self._reg_lock:
+            if shared in self._shared:
+                try:
+                    self._poller.modify(shared.fd, events)
+                except (OSError, ValueError):  # the loop has ended: nothing to watch for
+                    pass
 
     def start(self, on_stop: Callable[[], None] | None = None) -> None:
         """Start the thread; ``on_stop`` runs on it last, to close the sockets."""
@@ -251,6 +312,7 @@ class IOLoop:
             if self._on_stop is not None:
                 self._on_stop()
             self._waker.close()
+            self._poller.close()
         return not self._thread.is_alive()
 
     # --- the thread ----------------------------------------------------------------------
@@ -270,16 +332,17 @@ class IOLoop:
                 log.exception("%s: error while closing sockets", self.name)
             finally:
                 self._waker.close()
+                self._poller.close()
 
     def _run_once(self) -> None:
-        timeout_ms = -1
-        self._wait_until = float("inf")
+        timeout = -1.0
+        self._wait_until = math.inf
         if self._calls or self._more:
-            timeout_ms = 0
+            timeout = 0.0
         elif self._timers:
             self._wait_until = self._timers[0][0]
-            timeout_ms = max(0, int((self._wait_until - time.monotonic()) * 1000) + 1)
-        ready = {fd for fd, _ in self._poller.poll(timeout_ms)}
+            timeout = max(0.0, self._wait_until - time.monotonic())  # epoll rounds up to whole ms
+        ready = {fd for fd, _ in self._poller.poll(timeout)}
         self._wait_until = 0.0
         woken = self._waker.fd in ready
         if woken:
@@ -290,28 +353,37 @@ class IOLoop:
             self._woken = False
         more = self._more
         self._more = False
+        self._run_calls()
         recheck, self._recheck = self._recheck, set()
         for fd in ready | recheck:
             self._serve_socket(fd)
         for shared, on_message in list(self._shared.items()):
             if not (woken or more or shared.fd in ready):
                 continue  # nothing new: its descriptor would have fired, or a sender woken us
-            batch = shared.drain()
-            self._more |= len(batch) == shared.BATCH
-            for frames in batch:
-                try:
-                    on_message(frames)
-                except Exception:
-                    log.exception("%s: error handling a message", self.name)
-        calls = self._calls
-        for _ in range(len(calls)):
-            self._guarded(calls.popleft())
+            if not shared.rx.acquire(blocking=False):
+                continue  # a caller reads it; it looks for input left over when it stops
+            try:
+                self._run_calls()  # what the last reader handed over comes before what follows it
+                batch = shared.drain()
+                self._more |= len(batch) == shared.BATCH
+                for frames in batch:
+                    try:
+                        on_message(frames)
+                    except Exception:
+                        log.exception("%s: error handling a message", self.name)
+            finally:
+                shared.rx.release()
         if self._timers:
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 with self._timers_lock:
                     _, _, fn = heapq.heappop(self._timers)
                 self._guarded(fn)
+
+    def _run_calls(self) -> None:
+        calls = self._calls
+        for _ in range(len(calls)):
+            self._guarded(calls.popleft())
 
     def _serve_socket(self, fd: int) -> None:
         """Call the handler of a loop-only socket while it has input (bounded; the rest next turn)."""

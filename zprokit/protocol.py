@@ -51,6 +51,7 @@ __all__ = [
     "Signer",
     "ReplayGuard",
     "pack",
+    "pack_one",
     "unpack",
     "encode_body",
     "decode_body",
@@ -226,10 +227,10 @@ def pack(signer: Signer, header: Header, payload: Sequence[Any] = (), topic: byt
     """
     if topic is None and len(payload) == 1:
         first = payload[0]
-        size = len(first) if type(first) is bytes else memoryview(first).nbytes
-        if size <= INLINE_MAX:  # the common case, one frame: as below, in fewer steps
-            body = b"".join((VERSION, header.encode(size), first))
-            return [body + signer.sign_one(body)]
+        if (len(first) if type(first) is bytes else memoryview(first).nbytes) <= INLINE_MAX:
+            h = header
+            return pack_one(signer, h.kind, h.msg_id, h.seq, h.session, h.peer_session, h.source, h.target,
+                            h.channel, first, h.flags)
     rest = list(payload)
     if rest and memoryview(rest[0]).nbytes <= INLINE_MAX:
         first = rest.pop(0)
@@ -243,6 +244,38 @@ def pack(signer: Signer, header: Header, payload: Sequence[Any] = (), topic: byt
     if topic is not None:
         frames.insert(0, topic)
     return frames
+
+
+def pack_one(
+    signer: Signer,
+    kind: int,
+    msg_id: int,
+    seq: int,
+    session: bytes,
+    peer_session: bytes,
+    source: str,
+    target: str,
+    channel: str,
+    data: Any,
+    flags: int = 0,
+) -> list[bytes]:
+    """``pack`` for the common message, one payload part of at most ``INLINE_MAX`` bytes, in one frame.
+
+    The same bytes as ``pack(signer, Header(...), [data])``, built without
+    the ``Header`` object: this runs for every request and reply.
+    """
+    src, tgt, chan = source.encode(), target.encode(), channel.encode()
+    if len(src) > _MAX_STR or len(tgt) > _MAX_STR or len(chan) > _MAX_STR:
+        raise ValueError("name, target or channel longer than 65535 bytes")
+    if len(session) != SESSION_SIZE or len(peer_session) != SESSION_SIZE:
+        raise ValueError(f"sessions are {SESSION_SIZE} bytes")
+    fixed = _FIXED.pack(kind, flags | FLAG_INLINE, msg_id, seq, session, peer_session, len(src), len(tgt), len(chan),
+                        len(data) if type(data) is bytes else memoryview(data).nbytes)
+    body = b"".join((VERSION, fixed, src, tgt, chan, data))
+    mac = signer._base.copy()
+    mac.update(_LEN.pack(len(body)))
+    mac.update(body)
+    return [body + mac.digest()]
 
 
 def unpack(

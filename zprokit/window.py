@@ -8,6 +8,8 @@ channel reach their callbacks one after another, in the order sent.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -40,6 +42,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Window"]
 
 _BROADCAST_STREAM = 1
+_FINISHED = concurrent.futures._base.FINISHED  # a future's state, read directly on the hot path
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class Window:
@@ -252,6 +259,8 @@ class Window:
         payload = self.serializer.dumps(msg)
         future = ReplyFuture(description)
         future.set_running_or_notify_cancel()
+        future._reader = self._read_for
+        future._deadline = time.monotonic() + timeout
         msg_id = next(self._ids)
         if self._connected:
             self._pending.add(msg_id, future, timeout)
@@ -452,7 +461,13 @@ class Window:
             return
         self._lose_main("its connection closed")
 
-    def _on_dealer(self, frames: list[zmq.Frame]) -> None:
+    def _on_dealer(self, frames: list[Any], on_loop: bool = True) -> None:
+        """A message from the main, read by the loop or (``on_loop=False``) by a waiting caller.
+
+        A caller handles answers to requests itself and hands everything else
+        to the loop, in order: the loop runs what was handed over before it
+        reads on (see ``IOLoop``).
+        """
         if self._dealer is None:  # dropped while this batch was read
             return
         self._stats["messages_in"] += 1
@@ -464,7 +479,7 @@ class Window:
             if h.session != self._main_session:
                 if h.kind == Kind.ERROR and self._connected:
                     # A main that does not know us answers on our current session: it restarted.
-                    self._lose_main("the main restarted")
+                    self._on_loop(on_loop, self._lose_main, "the main restarted")
                     return
                 raise Rejected("stale_session")
             if not self._guard.accept(MAIN_NAME, h.session, h.seq):
@@ -473,9 +488,67 @@ class Window:
             handler = self._KIND_HANDLERS.get(h.kind)
             if handler is None:
                 raise Rejected("malformed", f"unexpected {h.kind.name}")
-            handler(self, msg)
+            if on_loop:
+                handler(self, msg)
+            elif handler is Window._on_reply:
+                self._on_reply(msg, on_loop=False)
+            else:
+                self._loop.call_soon(functools.partial(handler, self, msg))
         except Rejected as e:
             self._reject(e, "a message")
+
+    def _on_loop(self, on_loop: bool, fn: Callable[..., None], *args: Any) -> None:
+        if on_loop:
+            fn(*args)
+        else:
+            self._loop.call_soon(functools.partial(fn, *args))
+
+    def _read_for(self, future: ReplyFuture, timeout: float | None) -> float | None:
+        """Wait for ``future`` by reading the DEALER on this (the waiting) thread.
+
+        The answer then needs no handoff from the I/O thread, which stops
+        watching the socket meanwhile. One thread reads at a time: if another
+        does (the loop, or another waiting caller), return at once and the
+        future is waited for as usual. Returns the time left of ``timeout``.
+
+        Every step costs here (a request is a few dozen microseconds of
+        Python), so this asks ``ZMQ_EVENTS`` rather than reading until
+        ``EAGAIN`` (an exception, which costs more), and looks at the
+        future's state directly.
+        """
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        dealer = self._dealer
+        if dealer is None or self._loop.in_loop or not dealer.rx.acquire(blocking=False):
+            return timeout
+        # The request's own deadline wakes us too: the loop fails the future then.
+        until = future._deadline if deadline is None else min(deadline, future._deadline)
+        loop, lock, socket = self._loop, dealer.lock, dealer.socket
+        loop.pause(dealer)
+        try:
+            while future._state != _FINISHED:
+                with lock:
+                    if dealer.closed:
+                        break
+                    parts = None
+                    if socket.get(_EVENTS) & _POLLIN:
+                        parts = [socket.recv(_NOBLOCK)]
+                        while socket.get(_RCVMORE):
+                            parts.append(socket.recv(_NOBLOCK, copy=False))
+                if parts is not None:
+                    self._on_dealer(parts, on_loop=False)
+                    continue
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                # No input, and ZMQ_EVENTS said so: the next message signals the descriptor.
+                dealer.wait_readable(left)
+        finally:
+            loop.resume(dealer)
+            dealer.rx.release()
+            if dealer.input_waiting():  # left unread, and its signal maybe spent: the loop reads it
+                loop.wake()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _on_sub(self) -> None:
         # One message a call: the loop calls again while input waits, a batch at a time, and
@@ -515,11 +588,11 @@ class Window:
         self._lost_at = None
         self._ready.set()
 
-    def _on_reply(self, msg: protocol.Message) -> None:
+    def _on_reply(self, msg: protocol.Message, on_loop: bool = True) -> None:
         h = msg.header
         if h.kind == Kind.ERROR and protocol.decode_body(msg.payload).get("rejoin") is True:
             # The main dropped us (it stopped hearing us for a while) but we still reach it.
-            self._lose_main("the main had dropped this window")
+            self._on_loop(on_loop, self._lose_main, "the main had dropped this window")
             return
         pending = self._pending.pop(h.msg_id)
         if pending is None:
@@ -704,9 +777,15 @@ class Window:
         with dealer.lock:
             if dealer.closed or not (self._connected or force) or self._main_session is None:
                 return False
-            header = Header(kind, msg_id, next(self._seq), self.session, self._main_session, self.name, target, channel)
+            seq = next(self._seq)
+            if len(payload) == 1 and len(payload[0]) <= protocol.INLINE_MAX and type(payload[0]) is bytes:
+                frames = protocol.pack_one(self._signer, kind, msg_id, seq, self.session, self._main_session,
+                                           self.name, target, channel, payload[0])
+            else:
+                header = Header(kind, msg_id, seq, self.session, self._main_session, self.name, target, channel)
+                frames = protocol.pack(self._signer, header, payload)
             try:
-                dealer.send_locked(protocol.pack(self._signer, header, payload))
+                dealer.send_locked(frames)
             except zmq.Again:
                 self._stats["dropped_hwm"] += 1
                 self._warn.warning("dropped_hwm", "window %r: the queue to the main is full; message not sent", self.name)
