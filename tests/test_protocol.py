@@ -151,6 +151,7 @@ def test_truncated_and_foreign_messages():
     assert reason([HEAD[: HEADER_END - 1]]) == "malformed"
     assert reason([b"ZPK0/md5"]) == "unknown_version"
     assert reason([b"ZPK1/hmac-sha256" + HEAD[len(VERSION):]] + DIRECT[1:]) == "unknown_version"
+    assert reason([b"ZPK2/hmac-sha256" + HEAD[len(VERSION):]] + DIRECT[1:]) == "unknown_version"  # before BLAKE3
     assert reason([b"ZPK2/blake3\0\0\0\0\0" + HEAD[len(VERSION):]] + DIRECT[1:]) == "unknown_version"
     assert reason([], with_topic=True) == "malformed"
     assert isinstance(Rejected("malformed"), errors.ProtocolError)
