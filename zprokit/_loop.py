@@ -35,9 +35,8 @@ __all__ = ["IOLoop"]
 # Plain ints: pyzmq's flag enums cost an enum construction per use, on every message.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
-_EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+_poll = zmq.zmq_poll  # zmq_poll(socket, 0) asks ZMQ_EVENTS for less than pyzmq's getsockopt costs
 
 
 class _Waker:
@@ -139,7 +138,7 @@ class SharedSocket:
                 # Copied below pyzmq's copy threshold, sent in place above it.
                 socket.send(frame, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK, copy=False)
         finally:
-            if socket.get(_EVENTS) & _POLLIN:
+            if _poll([(socket, _POLLIN)], 0):
                 self._loop.wake()
                 if self.rx.locked():
                     self.reader_waker.wake()
@@ -147,32 +146,46 @@ class SharedSocket:
     def drain(self) -> list[list[Any]]:
         """Up to ``BATCH`` waiting messages, for the holder of ``rx``.
 
-        Asks ``ZMQ_EVENTS`` before each of the first few messages, then reads
-        until ``EAGAIN``: both tell ZeroMQ we are waiting, so the next message
-        signals the descriptor again. ``ZMQ_EVENTS`` costs a few system calls,
+        Asks whether input waits before each of the first few messages, then
+        reads until ``EAGAIN``: both tell ZeroMQ we are waiting, so the next
+        message signals the descriptor again. Asking costs a few system calls,
         the exception of ``EAGAIN`` about three times as much, once.
         """
         batch: list[list[Any]] = []
         with self.lock:
             if self.closed:
                 return batch
-            socket = self.socket
-            recv, get, copied = socket.recv, socket.get, self._copied
+            socket, recv = self.socket, self.recv_locked
             try:
                 while len(batch) < self.BATCH:
-                    if len(batch) < 4 and not get(_EVENTS) & _POLLIN:
+                    if len(batch) < 4 and not _poll([(socket, _POLLIN)], 0):
                         break
-                    parts = [recv(_NOBLOCK)]
-                    while get(_RCVMORE):
-                        parts.append(recv(_NOBLOCK, copy=len(parts) < copied))
-                    batch.append(parts)
+                    batch.append(recv())
             except zmq.Again:
                 pass
         return batch
 
+    def recv_locked(self) -> list[Any]:
+        """One message, from a thread holding ``lock`` and ``rx``; raises ``zmq.Again``.
+
+        The first ``copied`` frames as bytes, the rest as ``zmq.Frame``.
+        (``Frame.more`` instead of ``ZMQ_RCVMORE``: pyzmq's getsockopt builds an enum per call.)
+        """
+        recv = self.socket.recv
+        frame = recv(_NOBLOCK, copy=False)
+        parts = [frame.bytes if self._copied else frame]
+        while frame.more:
+            frame = recv(_NOBLOCK, copy=False)
+            parts.append(frame.bytes if len(parts) < self._copied else frame)
+        return parts
+
+    def input_waiting_locked(self) -> bool:
+        """``ZMQ_EVENTS`` says input waits (asked through zmq_poll: cheaper than pyzmq's getsockopt)."""
+        return bool(_poll([(self.socket, _POLLIN)], 0))
+
     def input_waiting(self) -> bool:
         with self.lock:
-            return not self.closed and bool(self.socket.get(_EVENTS) & _POLLIN)
+            return not self.closed and self.input_waiting_locked()
 
     def wait_readable(self, timeout: float) -> None:
         """Block (without the GIL) until input may wait, the reader waker fires, or ``timeout`` s pass.
@@ -396,7 +409,7 @@ class IOLoop:
             if entry is None:
                 return  # its handler removed it
             socket, handler = entry
-            if socket.closed or not socket.get(_EVENTS) & _POLLIN:
+            if socket.closed or not _poll([(socket, _POLLIN)], 0):
                 return
             self._guarded(handler)
         self._recheck.add(fd)

@@ -54,6 +54,7 @@ __all__ = [
     "pack",
     "pack_one",
     "unpack",
+    "unpack_one",
     "encode_body",
     "decode_body",
     "NO_SESSION",
@@ -214,13 +215,6 @@ class Signer:
             mac.update(frame)
         return mac.digest()
 
-    def sign_one(self, frame: bytes | memoryview) -> bytes:
-        """``sign([frame])``, for the common one-frame message."""
-        mac = self._base.copy()
-        mac.update(_LEN.pack(len(frame)))
-        mac.update(frame)
-        return mac.digest()
-
     def verify(self, frames: Sequence[Any], signature: bytes | memoryview) -> bool:
         return hmac.compare_digest(self.sign(frames), signature)
 
@@ -305,25 +299,22 @@ def unpack(
         frames = frames[1:]
     if not frames:
         raise Rejected("malformed", "no frames")
+    if topic is None and len(frames) == 1:  # the common case, one frame
+        kind, msg_id, seq, session, peer, source, target, channel, part = unpack_one(signer, frames[0], max_size)
+        return Message(Header(kind, msg_id, seq, session, peer, source, target, channel), () if part is None else (part,))
     head = memoryview(frames[0])
     if head[: len(VERSION)] != VERSION:
         raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
     if head.nbytes < len(VERSION) + _FIXED.size + MAC_SIZE:
         raise Rejected("malformed", "head frame too short")
     body = head[:-MAC_SIZE]
-    if topic is None and len(frames) == 1:  # the common case, one frame: as below, in fewer steps
-        if max_size is not None and head.nbytes > max_size:
-            raise Rejected("oversized")
-        if not hmac.compare_digest(signer.sign_one(body), head[-MAC_SIZE:]):
-            raise Rejected("bad_signature")
-    else:
-        if max_size is not None and sum(memoryview(f).nbytes for f in frames) + len(topic or b"") > max_size:
-            raise Rejected("oversized")
-        signed: list[Any] = [body, *frames[1:]]
-        if topic is not None:
-            signed.insert(0, topic)
-        if not signer.verify(signed, head[-MAC_SIZE:]):
-            raise Rejected("bad_signature")
+    if max_size is not None and sum(memoryview(f).nbytes for f in frames) + len(topic or b"") > max_size:
+        raise Rejected("oversized")
+    signed: list[Any] = [body, *frames[1:]]
+    if topic is not None:
+        signed.insert(0, topic)
+    if not signer.verify(signed, head[-MAC_SIZE:]):
+        raise Rejected("bad_signature")
     header, end, inline = _decode_header(body, len(VERSION))
     if inline >= 0:
         if end + inline != len(body):
@@ -336,6 +327,48 @@ def unpack(
     if topic is not None and (header.kind != Kind.BROADCAST or topic != BROADCAST_PREFIX + header.channel.encode()):
         raise Rejected("malformed", "topic frame does not match the signed topic")
     return Message(header, payload, topic)
+
+
+def unpack_one(
+    signer: Signer, frame: Any, max_size: int | None = None
+) -> tuple[Kind, int, int, bytes, bytes, str, str, str, memoryview | None]:
+    """``unpack`` for a message of one frame, without building objects: this runs for every request and reply.
+
+    Returns ``(kind, msg_id, seq, session, peer_session, source, target,
+    channel, payload)``, ``payload`` the inline part or None. Raises
+    ``Rejected`` as ``unpack`` does, and decodes nothing before the MAC checks out.
+    """
+    head = memoryview(frame)
+    size = head.nbytes
+    if head[: len(VERSION)] != VERSION:
+        raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
+    if size < len(VERSION) + _FIXED.size + MAC_SIZE:
+        raise Rejected("malformed", "head frame too short")
+    if max_size is not None and size > max_size:
+        raise Rejected("oversized")
+    body = head[:-MAC_SIZE]
+    mac = signer._base.copy()
+    mac.update(_LEN.pack(size - MAC_SIZE))
+    mac.update(body)
+    if not hmac.compare_digest(mac.digest(), head[-MAC_SIZE:]):
+        raise Rejected("bad_signature")
+    kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline = _FIXED.unpack_from(body, len(VERSION))
+    pos = len(VERSION) + _FIXED.size
+    end = pos + ls + lt + lc
+    if flags & FLAG_INLINE:
+        if end + inline != size - MAC_SIZE:
+            raise Rejected("malformed", "inline payload length mismatch")
+    elif inline or end != size - MAC_SIZE:
+        raise Rejected("malformed", "header length mismatch")
+    try:
+        source = str(body[pos : pos + ls], "utf-8") if ls else ""
+        pos += ls
+        target = str(body[pos : pos + lt], "utf-8") if lt else ""
+        channel = str(body[pos + lt : end], "utf-8") if lc else ""
+        kind = _KINDS[kind]
+    except (KeyError, UnicodeDecodeError) as e:
+        raise Rejected("malformed", f"bad header: {e!r}") from e
+    return kind, msg_id, seq, session, peer, source, target, channel, body[end:] if flags & FLAG_INLINE else None
 
 
 def peek_kind(frames: Sequence[Any]) -> "Kind | None":
