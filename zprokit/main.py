@@ -542,38 +542,42 @@ class Main:
     def _on_message(self, raw: list[Any]) -> None:
         self._stats["messages_in"] += 1
         try:
-            if len(raw) == 2 and self._zap is None and self._serve_fast(raw[0], raw[1].buffer):
-                return
+            if len(raw) == 2 and self._zap is None:
+                # One frame, the common case: verified and split without building objects,
+                # and a request for one of our handlers served straight from the fields.
+                try:
+                    fields = protocol.unpack_one(self._signer, raw[1].buffer, self._max_size)
+                except Rejected:
+                    fields = None  # the general path rejects it, and counts and answers as it does
+                if fields is not None:
+                    if not self._serve_fast(raw[0], fields):
+                        kind, msg_id, seq, session, peer, source, target, channel, part = fields
+                        header = Header(kind, msg_id, seq, session, peer, source, target, channel)
+                        self._on_unpacked(raw, protocol.Message(header, () if part is None else (part,)))
+                    return
             self._on_verified(raw)
         except Rejected as e:
             self._reject(e.reason, e)
 
-    def _serve_fast(self, ident: bytes, head: memoryview) -> bool:
-        """The common message, a one-frame request of a registered window for an inline
-        handler, served in fewer steps than ``_on_verified`` takes; False (nothing done,
-        nothing recorded) for anything else, which then takes the general path."""
-        window = self._windows.get(ident.partition(b"\0")[0].decode(errors="replace"))
-        if window is None or window.ident != ident:
+    def _serve_fast(self, ident: bytes, fields: tuple[Any, ...]) -> bool:
+        """A registered window's request for one of our handlers, served in fewer steps
+        than ``_on_unpacked`` takes; False (nothing done, nothing recorded) for anything
+        else, which then takes the general path."""
+        kind, msg_id, seq, session, peer, source, target, channel, payload = fields
+        if kind != Kind.REQUEST or target or payload is None or peer != self.session:
             return False
-        try:
-            kind, msg_id, seq, session, peer, source, target, channel, payload = protocol.unpack_one(
-                self._signer, head, self._max_size)
-        except Rejected:
-            return False  # the general path rejects it, and counts and answers as it does
-        if kind != Kind.REQUEST or target or payload is None or peer != self.session or session != window.session:
+        window = self._windows.get(source)
+        if window is None or window.ident != ident or session != window.session:
             return False
         entry = self._handlers.get(channel)
-        if entry is None or not entry[1] or source != window.info.name:
-            return False
-        if not self._guard.accept(source, session, seq):
+        if entry is None or not self._guard.accept(source, session, seq):
             return False
         window.last_seen = time.monotonic()
         window.messages += 1
-        self._serve_inline(source, entry[0], channel, msg_id, (payload,))
+        (self._serve_inline if entry[1] else self._serve_pooled)(source, entry[0], channel, msg_id, (payload,))
         return True
 
     def _on_verified(self, raw: list[zmq.Frame]) -> None:
-        ident = raw[0]  # bytes; the rest are zmq.Frames (the last one carries the metadata)
         if len(raw) < 2:
             raise Rejected("malformed", "no frames")
         frames = [f.buffer for f in raw[1:]]
@@ -582,8 +586,13 @@ class Main:
         except Rejected as e:
             if e.reason == "bad_signature" and _looks_like_hello(frames):
                 # Probably a window with the wrong key, handshaking: tell it plainly, unsigned.
-                self._raw_send(ident, protocol.DENIAL)
+                self._raw_send(raw[0], protocol.DENIAL)
             raise
+        self._on_unpacked(raw, msg)
+
+    def _on_unpacked(self, raw: list[Any], msg: protocol.Message) -> None:
+        """A verified message: check who sent it, then hand it to its kind's handler."""
+        ident = raw[0]  # bytes; the rest are zmq.Frames (the last one carries the metadata)
         h = msg.header
         if h.kind == Kind.HELLO:
             if not self._guard.first_hello(h.session):  # every handshake has a new session
@@ -787,12 +796,12 @@ class Main:
             self._send_error(name, h.msg_id, NoHandler(h.channel, MAIN_NAME))
             return
         handler, inline = entry
-        if inline:
-            self._serve_inline(name, handler, h.channel, h.msg_id, msg.payload)
-            return
-        event = Event(sender=name, channel=h.channel, kind="request", receiver=MAIN_NAME)
-        payload = msg.payload
-        done = self._answerer(name, h.msg_id)
+        (self._serve_inline if inline else self._serve_pooled)(name, handler, h.channel, h.msg_id, msg.payload)
+
+    def _serve_pooled(self, name: str, handler: Callable[..., Any], channel: str, msg_id: int, payload: Any) -> None:
+        """Run a handler on the pool; it answers from there."""
+        event = Event(name, channel, "request", None, MAIN_NAME)
+        done = self._answerer(name, msg_id)
 
         def run() -> None:
             try:

@@ -13,7 +13,7 @@ handler (pyzmq's ``zmq.auth.Authenticator``, served from the main's own I/O
 thread) admits only the public keys on the allow-list. Its answer names the
 window the key is listed for; that name comes back on every message as the
 ``User-Id`` property, and the main compares it with the name the message
-claims. With CURVE and no shared key given, the HMAC key is derived from the
+claims. With CURVE and no shared key given, the shared (MAC) key is derived from the
 main's public key: it is then no secret, and CURVE (encryption, and the
 allow-list) is what keeps strangers out. See SECURITY.md.
 """
@@ -135,7 +135,7 @@ def env_key() -> bytes | None:
 
 
 def derive_key_from_curve(server_public_key: bytes | str) -> bytes:
-    """The HMAC key both sides use under CURVE when no shared key is given.
+    """The shared (MAC) key both sides use under CURVE when no shared key is given.
 
     Derived from the main's *public* key, so it is no secret: with it, what
     keeps strangers out is CURVE alone (the allow-list, and encryption).

@@ -148,7 +148,9 @@ class Window:
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
-        self._stats: Counter[str] = Counter()
+        # The keys exist from the start: the loop and a reading caller both count, and `+= 1` on
+        # an existing key of a dict is one step under the GIL, where a missing one calls __missing__.
+        self._stats: Counter[str] = Counter(messages_in=0, messages_out=0, unhandled=0, late_replies=0)
         self._rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
         self._probe_monitor: zmq.Socket | None = None
@@ -467,10 +469,18 @@ class Window:
         if self._dealer is None:  # dropped while this batch was read
             return
         self._stats["messages_in"] += 1
-        if len(frames) == 1 and self._on_reply_fast(frames[0]):
-            return
         try:
-            msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])])
+            if len(frames) == 1:
+                # One frame, the common case: verified and split without building objects,
+                # and an answer settled straight from the fields.
+                kind, msg_id, seq, session, peer, source, target, channel, part = protocol.unpack_one(
+                    self._signer, frames[0])
+                if self._settle_fast(kind, msg_id, seq, session, peer, part):
+                    return
+                header = Header(kind, msg_id, seq, session, peer, source, target, channel)
+                msg = protocol.Message(header, () if part is None else (part,))
+            else:
+                msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])])
             h = msg.header
             if h.peer_session != self.session:
                 raise Rejected("stale_session")
@@ -495,14 +505,9 @@ class Window:
         except Rejected as e:
             self._reject(e, "a message")
 
-    def _on_reply_fast(self, frame: bytes) -> bool:
-        """The common message, a one-frame REPLY or ACK from our main, handled in fewer
-        steps than the general path takes; False (nothing done, nothing recorded) for
-        anything else, which then takes the general path."""
-        try:
-            kind, msg_id, seq, session, peer, _, _, _, payload = protocol.unpack_one(self._signer, frame)
-        except Rejected:
-            return False
+    def _settle_fast(self, kind: Kind, msg_id: int, seq: int, session: bytes, peer: bytes, payload: Any) -> bool:
+        """A verified REPLY or ACK from our main, settled in fewer steps than the general
+        path takes; False (nothing done, nothing recorded) for anything else."""
         if (kind != Kind.REPLY and kind != Kind.ACK) or peer != self.session or session != self._main_session:
             return False
         if not self._guard.accept(MAIN_NAME, session, seq):
