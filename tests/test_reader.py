@@ -28,14 +28,9 @@ def main(zprokit_main):
     return zprokit_main
 
 
-@pytest.fixture
-def window(zprokit_window):
-    return zprokit_window
-
-
-def test_the_waiting_thread_settles_its_own_answer(main, window):
+def test_the_waiting_thread_settles_its_own_answer(main, zprokit_window):
     main.on_msg_from_render(lambda event, args: args * 2, channel="double", inline=True)
-    w = window()
+    w = zprokit_window()
     settled_on: list[int] = []
     for i in range(20):
         future = w.render_msg_to_main(i, channel="double")
@@ -46,8 +41,8 @@ def test_the_waiting_thread_settles_its_own_answer(main, window):
     assert settled_on.count(threading.get_ident()) >= 15, settled_on
 
 
-def test_one_way_messages_keep_their_order_while_a_caller_reads(main, window):
-    w = window("reader")
+def test_one_way_messages_keep_their_order_while_a_caller_reads(main, zprokit_window):
+    w = zprokit_window("reader")
     inbox = Inbox()
     w.on_msg_from_main(lambda event, n: inbox.put(n), channel="seq")
     count = 500
@@ -63,9 +58,9 @@ def test_one_way_messages_keep_their_order_while_a_caller_reads(main, window):
     assert inbox.wait_for(count, WAIT) == list(range(count))
 
 
-def test_many_threads_waiting_at_once_each_get_their_own_answer(main, window):
+def test_many_threads_waiting_at_once_each_get_their_own_answer(main, zprokit_window):
     main.on_msg_from_render(lambda event, args: args, channel="echo", inline=True)
-    w = window()
+    w = zprokit_window()
     results: dict[int, list[bool]] = {}
     errors: list[BaseException] = []
 
@@ -85,11 +80,11 @@ def test_many_threads_waiting_at_once_each_get_their_own_answer(main, window):
     assert all(all(ok) for ok in results.values())
 
 
-def test_an_answer_read_by_another_waiting_thread_still_reaches_its_caller(main, window):
+def test_an_answer_read_by_another_waiting_thread_still_reaches_its_caller(main, zprokit_window):
     gate = threading.Event()
     main.on_msg_from_render(lambda event, args: gate.wait(WAIT) and "late", channel="gated")
     main.on_msg_from_render(lambda event, args: "quick", channel="quick", inline=True)
-    w = window()
+    w = zprokit_window()
     slow = w.render_msg_to_main(None, channel="gated")
     got: list[object] = []
     reader = threading.Thread(target=lambda: got.append(slow.result(WAIT)))
@@ -102,10 +97,10 @@ def test_an_answer_read_by_another_waiting_thread_still_reaches_its_caller(main,
     assert got == ["late"]
 
 
-def test_close_ends_a_reading_caller_with_closed_at_once(main, window):
+def test_close_ends_a_reading_caller_with_closed_at_once(main, zprokit_window):
     gate = threading.Event()
     main.on_msg_from_render(lambda event, args: gate.wait(30), channel="never")
-    w = window()
+    w = zprokit_window()
     future = w.render_msg_to_main(None, channel="never", timeout=30)
     outcome: list[BaseException] = []
 
@@ -127,10 +122,10 @@ def test_close_ends_a_reading_caller_with_closed_at_once(main, window):
     assert time.monotonic() - started < WAIT  # at close, not at the 30 s timeout
 
 
-def test_the_request_timeout_ends_a_reading_caller_without_a_timeout_of_its_own(main, window):
+def test_the_request_timeout_ends_a_reading_caller_without_a_timeout_of_its_own(main, zprokit_window):
     gate = threading.Event()
     main.on_msg_from_render(lambda event, args: gate.wait(30), channel="never")
-    w = window()
+    w = zprokit_window()
     try:
         with pytest.raises(Timeout):
             w.render_msg_to_main(None, channel="never", timeout=0.3).result()

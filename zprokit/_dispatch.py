@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Dispatcher"]
 
 _STOP = object()
+# What most handlers return: never awaitable, so no need to ask (inspect.isawaitable costs).
+SYNC_RESULTS = frozenset({type(None), bytes, str, int, float, bool, list, tuple, dict, bytearray})
 
 
 class Dispatcher:
@@ -156,7 +158,7 @@ def call_handler(
     except Exception as e:
         done(None, e)
         return
-    if inspect.isawaitable(result):
+    if type(result) not in SYNC_RESULTS and inspect.isawaitable(result):
         async def wrap() -> Any:
             return await result
 

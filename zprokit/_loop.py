@@ -30,7 +30,7 @@ import zmq
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IOLoop"]
+__all__ = ["IOLoop", "SharedSocket", "recv_message"]
 
 # Plain ints: pyzmq's flag enums cost an enum construction per use, on every message.
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -80,6 +80,22 @@ class _Waker:
             os.close(self._r)
             if self._w != self._r:
                 os.close(self._w)
+
+
+def recv_message(socket: zmq.Socket, copied: int = 0) -> list[Any]:
+    """One message, without waiting (raises ``zmq.Again``): the first ``copied`` frames as
+    bytes, the rest as ``zmq.Frame`` (uncopied, with their metadata).
+
+    ``Frame.more``, not ``recv_multipart``: that asks ``ZMQ_RCVMORE`` through pyzmq's
+    getsockopt, which builds an enum per call, and costs more than the receive.
+    """
+    recv = socket.recv
+    frame = recv(_NOBLOCK, copy=False)
+    parts = [frame.bytes if copied else frame]
+    while frame.more:
+        frame = recv(_NOBLOCK, copy=False)
+        parts.append(frame.bytes if len(parts) < copied else frame)
+    return parts
 
 
 class SharedSocket:
@@ -166,18 +182,8 @@ class SharedSocket:
         return batch
 
     def recv_locked(self) -> list[Any]:
-        """One message, from a thread holding ``lock`` and ``rx``; raises ``zmq.Again``.
-
-        The first ``copied`` frames as bytes, the rest as ``zmq.Frame``.
-        (``Frame.more`` instead of ``ZMQ_RCVMORE``: pyzmq's getsockopt builds an enum per call.)
-        """
-        recv = self.socket.recv
-        frame = recv(_NOBLOCK, copy=False)
-        parts = [frame.bytes if self._copied else frame]
-        while frame.more:
-            frame = recv(_NOBLOCK, copy=False)
-            parts.append(frame.bytes if len(parts) < self._copied else frame)
-        return parts
+        """One message, from a thread holding ``lock`` and ``rx``; raises ``zmq.Again``."""
+        return recv_message(self.socket, self._copied)
 
     def input_waiting_locked(self) -> bool:
         """``ZMQ_EVENTS`` says input waits (asked through zmq_poll: cheaper than pyzmq's getsockopt)."""

@@ -48,7 +48,7 @@ import zmq
 from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
 from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
-from ._dispatch import Dispatcher, call_handler
+from ._dispatch import SYNC_RESULTS, Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket
 from .errors import Closed, QueueFull, NoHandler, PeerLost, Timeout, WindowNotFound
@@ -64,8 +64,6 @@ __all__ = ["Main"]
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:0"
 SYSTEM_PREFIX = "zprokit."
-# What most handlers return: never awaitable, so no need to ask (inspect.isawaitable costs).
-_SYNC_RESULTS = frozenset({type(None), bytes, str, int, float, bool, list, tuple, dict, bytearray})
 
 
 @dataclass
@@ -817,7 +815,7 @@ class Main:
         """Run an inline handler here, on the I/O thread, and answer: no closures, no handoff."""
         try:
             result = handler(Event(name, channel, "request", None, MAIN_NAME), self.serializer.loads(payload))
-            if type(result) not in _SYNC_RESULTS and inspect.isawaitable(result):
+            if type(result) not in SYNC_RESULTS and inspect.isawaitable(result):
                 call_handler(self._dispatch, lambda: result, (), self._answerer(name, msg_id))  # awaited there
                 return
             reply = self.serializer.dumps(result)  # an unpicklable return value is the handler's error

@@ -28,7 +28,7 @@ from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
-from ._loop import IOLoop, SharedSocket
+from ._loop import IOLoop, SharedSocket, recv_message
 from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, QueueFull, Timeout
 from .events import Event
 from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
@@ -570,12 +570,12 @@ class Window:
         # runs its timers in between; a long broadcast stream must not starve the heartbeat.
         assert self._sub is not None
         try:
-            frames = self._sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            frames = recv_message(self._sub, copied=1)  # the topic as bytes, the rest uncopied
         except zmq.Again:
             return
         self._stats["messages_in"] += 1
         try:
-            msg = protocol.unpack(self._signer, [f.buffer for f in frames], with_topic=True)
+            msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])], with_topic=True)
             h = msg.header
             if h.session != self._main_session:
                 raise Rejected("stale_session")
