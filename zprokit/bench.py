@@ -20,6 +20,11 @@ What each row does (raw side | zprokit side):
   (on its I/O thread), and again with a pooled (default) handler;
 - pipelined requests, 64 in flight: the same, keeping 64 requests (64
   futures) outstanding;
+- the same two, for zprokit's wire format alone (a floor, not zprokit): a
+  DEALER here and a ROUTER echo process, each message signed and pickled
+  with ``protocol.pack_one``/``unpack_one`` and checked, one thread per
+  process: no futures, deadlines, replay guard, registry or I/O loop; what
+  signing and pickling alone cost beside raw pyzmq;
 - window -> window: DEALER here -> a ROUTER forwarder process (routes by a
   target frame, blocks when the receiver is full) -> a DEALER in a third
   process, counted there | ``render_msg_to_render`` one-way with 64
@@ -58,6 +63,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import platform
 import queue
 import secrets
@@ -71,7 +77,7 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import zmq
 
-from . import __version__
+from . import __version__, protocol
 from .main import Main
 from .window import Window
 
@@ -109,6 +115,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("rtt_pooled_p99_us", "round trip p99, pooled handler", "µs", "lower"),
     Metric("pipelined_rps", "pipelined, 64 in flight, inline", "req/s", "higher", 0.5),
     Metric("pipelined_pooled_rps", "pipelined, 64 in flight, pooled", "req/s", "higher"),
+    Metric("floor_rtt_p50_us", "round trip p50, wire format alone", "µs", "lower"),
+    Metric("floor_pipelined_rps", "pipelined, wire format alone", "req/s", "higher"),
     Metric("window_to_window_mps", "window -> window via the main", "msg/s", "higher"),
     Metric("broadcast_mps", "broadcast to {subscribers} windows", "msg/s", "higher"),
     Metric("bytes_1mib_gbps", "1 MiB bytes round trip", "GB/s", "higher"),
@@ -318,9 +326,11 @@ class _Bench:
 
                     p50, p99 = _round_trips(call, s.rtt)
                     rps = _raw_pipelined(dealer, s.pipelined)
-                # One raw figure for both zprokit rows: raw pyzmq has no handler pool.
+                # One raw figure for both zprokit rows, and for the wire format's: raw pyzmq has no
+                # handler pool, and the wire format is measured against the same raw echo.
                 return {"rtt_p50_us": p50, "rtt_p99_us": p99, "rtt_pooled_p50_us": p50, "rtt_pooled_p99_us": p99,
-                        "pipelined_rps": rps, "pipelined_pooled_rps": rps}
+                        "pipelined_rps": rps, "pipelined_pooled_rps": rps, "floor_rtt_p50_us": p50,
+                        "floor_pipelined_rps": rps}
             with Window("bench-client", endpoint, key=self.key) as window:
                 results: dict[str, float] = {}
                 for channel, suffix in (("echo", ""), ("echo_pooled", "_pooled")):
@@ -332,7 +342,12 @@ class _Bench:
                     results[f"pipelined{suffix}_rps"] = _pipelined(
                         lambda payload, channel=channel: window.render_msg_to_main(payload, channel=channel),
                         s.pipelined, small)
-                return results
+            floor = start("floor-echo")
+            with _raw_client(floor.expect("ready")["endpoint"]) as dealer:
+                wire = _Wire(self.key.encode())
+                results["floor_rtt_p50_us"] = _round_trips(lambda payload: wire.call(dealer, payload), s.rtt)[0]
+                results["floor_pipelined_rps"] = _raw_pipelined(dealer, s.pipelined, wire)
+            return results
 
     # window -> window ------------------------------------------------------------------------
 
@@ -519,22 +534,49 @@ def _round_trips(call: Callable[[bytes], Any], n: int) -> tuple[float, float]:
     return times[len(times) // 2] / 1000, times[max(0, math.ceil(0.99 * len(times)) - 1)] / 1000
 
 
-def _raw_pipelined(dealer: zmq.Socket, total: int) -> float:
+def _raw_pipelined(dealer: zmq.Socket, total: int, wire: "_Wire | None" = None) -> float:
+    """Requests per second with ``INFLIGHT`` outstanding; through ``wire`` (signed, pickled) if given."""
     payload = bytes(SMALL)
     for _ in range(2):  # the first run warms up
         start = time.perf_counter()
         sent = received = 0
         while sent < min(INFLIGHT, total):
-            dealer.send(payload)
+            dealer.send(wire.request(payload) if wire else payload)
             sent += 1
         while received < total:
-            dealer.recv()
+            reply = dealer.recv()
+            if wire:
+                wire.answer(reply)
             received += 1
             if sent < total:
-                dealer.send(payload)
+                dealer.send(wire.request(payload) if wire else payload)
                 sent += 1
         elapsed = time.perf_counter() - start
     return total / elapsed
+
+
+class _Wire:
+    """zprokit's wire format alone, for the floor rows: sign, pickle, check; nothing else."""
+
+    def __init__(self, key: bytes) -> None:
+        self.signer = protocol.Signer(key)
+        self.session, self.peer = secrets.token_bytes(16), protocol.NO_SESSION
+        self.seq = 0
+
+    def request(self, obj: Any) -> bytes:
+        self.seq += 1
+        return protocol.pack_one(self.signer, protocol.Kind.REQUEST, self.seq, self.seq, self.session, self.peer,
+                                 "floor", "", "echo", pickle.dumps(obj, protocol=5))[0]
+
+    def answer(self, frame: bytes) -> Any:
+        kind, _, seq, _, _, _, _, _, part = protocol.unpack_one(self.signer, frame)
+        if kind != protocol.Kind.REPLY or part is None:
+            raise BenchError(f"wire format floor: unexpected {kind!r}")
+        return pickle.loads(part)
+
+    def call(self, dealer: zmq.Socket, obj: Any) -> Any:
+        dealer.send(self.request(obj))
+        return self.answer(dealer.recv())
 
 
 def _pipelined(request: Callable[[bytes], Any], total: int, payload: bytes) -> float:
@@ -811,6 +853,36 @@ def serve_raw_echo() -> None:
     ctx.term()
 
 
+def serve_floor_echo() -> None:
+    """The raw echo through zprokit's wire format: check each request, answer it signed (the floor rows)."""
+    ctx = zmq.Context()
+    router = _raw_socket(ctx, zmq.ROUTER, bind=True)
+    signer = protocol.Signer(os.environ["ZPROKIT_KEY"].encode())
+    session, seq = secrets.token_bytes(16), 0
+
+    def step() -> None:
+        nonlocal seq
+        if not router.poll(100):
+            raise zmq.Again()
+        while True:
+            try:
+                ident, head = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, msg_id, _, peer, _, _, _, _, part = protocol.unpack_one(signer, head)
+            seq += 1
+            reply = pickle.dumps(pickle.loads(part), protocol=5)
+            router.send_multipart([ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, seq, session, peer,
+                                                             "", "floor", "", reply)])
+
+    stop = _socket_loop(step)
+    _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
+    _commands()
+    stop()
+    router.close(0)
+    ctx.term()
+
+
 def serve_raw_forward() -> None:
     """A ROUTER that forwards ``[target, payload]`` from one DEALER to the DEALER named ``target``."""
     ctx = zmq.Context()
@@ -1034,6 +1106,7 @@ def serve_zp_windows(endpoint: str, first: int, count: int) -> None:
 
 SERVERS: dict[str, Callable[..., None]] = {
     "raw-echo": serve_raw_echo,
+    "floor-echo": serve_floor_echo,
     "raw-forward": serve_raw_forward,
     "raw-sink": serve_raw_sink,
     "raw-sub": serve_raw_sub,
