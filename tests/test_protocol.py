@@ -11,7 +11,8 @@ import pytest
 from zprokit import errors
 from zprokit.protocol import (
     BROADCAST_PREFIX, DENIAL, DENIED, INLINE_MAX, MAC_SIZE, NO_SESSION, VERSION, Header, Kind, Rejected,
-    ReplayGuard, Signer, decode_body, encode_body, error_body, error_from_body, is_denial, pack, unpack,
+    ReplayGuard, Signer, decode_body, encode_body, error_body, error_from_body, is_denial, pack, pack_one, unpack,
+    unpack_one,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -73,6 +74,33 @@ def test_broadcast_round_trip_with_unicode_topic():
     assert bytes(frames[0]) == topic
     msg = unpack(SIGNER, frames, with_topic=True)
     assert (msg.header, msg.topic, [bytes(f) for f in msg.payload]) == (header, topic, [b"a", b"b"])
+
+
+def test_the_one_frame_fast_paths_agree_with_the_general_ones():
+    # pack_one and unpack_one serve every request and reply: they must be pack and unpack, faster.
+    h = FULL
+    one = pack_one(SIGNER, h.kind, h.msg_id, h.seq, h.session, h.peer_session, h.source, h.target, h.channel,
+                   b"payload", h.flags)
+    assert one == pack(SIGNER, FULL, [b"payload"]) and len(one) == 1
+    fields = unpack_one(SIGNER, one[0])
+    assert Header(*fields[:8], fields[9]) == FULL and bytes(fields[8]) == b"payload"
+    msg = unpack(SIGNER, one)
+    assert msg.header == FULL and [bytes(p) for p in msg.payload] == [b"payload"]
+    bare = pack(SIGNER, Header(Kind.PING, seq=1, session=S1))
+    assert unpack_one(SIGNER, bare[0])[8] is None  # no payload at all, not an empty one
+
+
+def test_unpack_one_refuses_what_unpack_refuses():
+    one = pack(SIGNER, FULL, [b"payload"])[0]
+    for bad, why in [(flip(one, 0), "unknown_version"), (flip(one, len(VERSION)), "bad_signature"),
+                     (flip(one, len(one) - 1), "bad_signature"), (one[: len(VERSION) + 10], "malformed")]:
+        with pytest.raises(Rejected) as info:
+            unpack_one(SIGNER, bad)
+        assert info.value.reason == why == reason([bad])
+    with pytest.raises(Rejected, match="oversized"):
+        unpack_one(SIGNER, one, max_size=len(one) - 1)
+    with pytest.raises(ValueError):
+        pack_one(SIGNER, Kind.REQUEST, 1, 1, S1, S2, "", "", "x" * 65536, b"")
 
 
 # --- tampering ----------------------------------------------------------------------------

@@ -569,7 +569,7 @@ class _Wire:
                                  "floor", "", "echo", pickle.dumps(obj, protocol=5))[0]
 
     def answer(self, frame: bytes) -> Any:
-        kind, _, seq, _, _, _, _, _, part = protocol.unpack_one(self.signer, frame)
+        kind, *_, part, _ = protocol.unpack_one(self.signer, frame)
         if kind != protocol.Kind.REPLY or part is None:
             raise BenchError(f"wire format floor: unexpected {kind!r}")
         return pickle.loads(part)
@@ -869,11 +869,11 @@ def serve_floor_echo() -> None:
                 ident, head = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind, msg_id, _, peer, _, _, _, _, part = protocol.unpack_one(signer, head)
+            _, msg_id, _, their_session, *_, part, _ = protocol.unpack_one(signer, head)
             seq += 1
             reply = pickle.dumps(pickle.loads(part), protocol=5)
-            router.send_multipart([ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, seq, session, peer,
-                                                             "", "floor", "", reply)])
+            router.send_multipart([ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, seq, session,
+                                                             their_session, "", "floor", "", reply)])
 
     stop = _socket_loop(step)
     _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))

@@ -549,8 +549,8 @@ class Main:
                     fields = None  # the general path rejects it, and counts and answers as it does
                 if fields is not None:
                     if not self._serve_fast(raw[0], fields):
-                        kind, msg_id, seq, session, peer, source, target, channel, part = fields
-                        header = Header(kind, msg_id, seq, session, peer, source, target, channel)
+                        kind, msg_id, seq, session, peer, source, target, channel, part, flags = fields
+                        header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags)
                         self._on_unpacked(raw, protocol.Message(header, () if part is None else (part,)))
                     return
             self._on_verified(raw)
@@ -561,7 +561,7 @@ class Main:
         """A registered window's request for one of our handlers, served in fewer steps
         than ``_on_unpacked`` takes; False (nothing done, nothing recorded) for anything
         else, which then takes the general path."""
-        kind, msg_id, seq, session, peer, source, target, channel, payload = fields
+        kind, msg_id, seq, session, peer, source, target, channel, payload, _ = fields
         if kind != Kind.REQUEST or target or payload is None or peer != self.session:
             return False
         window = self._windows.get(source)

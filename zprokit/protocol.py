@@ -300,8 +300,9 @@ def unpack(
     if not frames:
         raise Rejected("malformed", "no frames")
     if topic is None and len(frames) == 1:  # the common case, one frame
-        kind, msg_id, seq, session, peer, source, target, channel, part = unpack_one(signer, frames[0], max_size)
-        return Message(Header(kind, msg_id, seq, session, peer, source, target, channel), () if part is None else (part,))
+        kind, msg_id, seq, session, peer, source, target, channel, part, flags = unpack_one(signer, frames[0], max_size)
+        header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags)
+        return Message(header, () if part is None else (part,))
     head = memoryview(frames[0])
     if head[: len(VERSION)] != VERSION:
         raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
@@ -331,11 +332,11 @@ def unpack(
 
 def unpack_one(
     signer: Signer, frame: Any, max_size: int | None = None
-) -> tuple[Kind, int, int, bytes, bytes, str, str, str, memoryview | None]:
+) -> tuple[Kind, int, int, bytes, bytes, str, str, str, memoryview | None, int]:
     """``unpack`` for a message of one frame, without building objects: this runs for every request and reply.
 
     Returns ``(kind, msg_id, seq, session, peer_session, source, target,
-    channel, payload)``, ``payload`` the inline part or None. Raises
+    channel, payload, flags)``, ``payload`` the inline part or None. Raises
     ``Rejected`` as ``unpack`` does, and decodes nothing before the MAC checks out.
     """
     head = memoryview(frame)
@@ -368,7 +369,8 @@ def unpack_one(
         kind = _KINDS[kind]
     except (KeyError, UnicodeDecodeError) as e:
         raise Rejected("malformed", f"bad header: {e!r}") from e
-    return kind, msg_id, seq, session, peer, source, target, channel, body[end:] if flags & FLAG_INLINE else None
+    part = body[end:] if flags & FLAG_INLINE else None
+    return kind, msg_id, seq, session, peer, source, target, channel, part, flags & ~FLAG_INLINE
 
 
 def peek_kind(frames: Sequence[Any]) -> "Kind | None":

@@ -473,11 +473,11 @@ class Window:
             if len(frames) == 1:
                 # One frame, the common case: verified and split without building objects,
                 # and an answer settled straight from the fields.
-                kind, msg_id, seq, session, peer, source, target, channel, part = protocol.unpack_one(
+                kind, msg_id, seq, session, peer, source, target, channel, part, flags = protocol.unpack_one(
                     self._signer, frames[0])
                 if self._settle_fast(kind, msg_id, seq, session, peer, part):
                     return
-                header = Header(kind, msg_id, seq, session, peer, source, target, channel)
+                header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags)
                 msg = protocol.Message(header, () if part is None else (part,))
             else:
                 msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])])
@@ -551,7 +551,10 @@ class Window:
                         break
                     parts = dealer.recv_locked() if dealer.input_waiting_locked() else None
                 if parts is not None:
-                    self._on_dealer(parts, on_loop=False)
+                    try:
+                        self._on_dealer(parts, on_loop=False)
+                    except Exception:  # a bug in zprokit: say so, as the loop would, and read on
+                        log.exception("window %r: error handling a message", self.name)
                     continue
                 left = until - time.monotonic()
                 if left <= 0:
@@ -797,7 +800,7 @@ class Window:
             if dealer.closed or not (self._connected or force) or self._main_session is None:
                 return False
             seq = next(self._seq)
-            if len(payload) == 1 and len(payload[0]) <= protocol.INLINE_MAX and type(payload[0]) is bytes:
+            if len(payload) == 1 and type(payload[0]) is bytes and len(payload[0]) <= protocol.INLINE_MAX:
                 frames = protocol.pack_one(self._signer, kind, msg_id, seq, self.session, self._main_session,
                                            self.name, target, channel, payload[0])
             else:
