@@ -131,3 +131,15 @@ def test_the_request_timeout_ends_a_reading_caller_without_a_timeout_of_its_own(
             w.render_msg_to_main(None, channel="never", timeout=0.3).result()
     finally:
         gate.set()
+
+
+def test_pipelined_requests_to_an_inline_handler_are_each_answered_once(main, zprokit_window):
+    # An inline handler's replies leave together at the end of the loop's batch: none may be
+    # lost, doubled or given to the wrong request, and requests_served counts each once.
+    main.on_msg_from_render(lambda event, args: -args, channel="negate", inline=True)
+    w = zprokit_window()
+    before = main.stats()["requests_served"]
+    futures = [w.render_msg_to_main(i, channel="negate") for i in range(3000)]
+    assert [f.result(WAIT) for f in futures] == [-i for i in range(3000)]
+    assert main.stats()["requests_served"] - before == 3000
+    assert w.stats()["late_replies"] == 0

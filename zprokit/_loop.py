@@ -140,10 +140,12 @@ class SharedSocket:
         self._reader_poll.register(self.fd, select.POLLIN)
         self._reader_poll.register(self.reader_waker.fd, select.POLLIN)
 
-    def send_locked(self, frames: list[Any]) -> None:
+    def send_locked(self, frames: list[Any], check: bool = True) -> None:
         """Send now, from any thread holding ``lock`` (so it numbers and sends in one step).
 
-        Raises ``zmq.ZMQError`` (``EAGAIN``, ``EHOSTUNREACH`` ...).
+        Raises ``zmq.ZMQError`` (``EAGAIN``, ``EHOSTUNREACH`` ...). ``check=False``
+        skips the look at ``ZMQ_EVENTS``: for a run of sends, the caller calls
+        ``check_input_locked()`` after the last.
         """
         if self.closed:
             raise zmq.ZMQError(zmq.ENOTSOCK, "socket closed")
@@ -154,10 +156,15 @@ class SharedSocket:
                 # Copied below pyzmq's copy threshold, sent in place above it.
                 socket.send(frame, _NOBLOCK | _SNDMORE if i < last else _NOBLOCK, copy=False)
         finally:
-            if _poll([(socket, _POLLIN)], 0):
-                self._loop.wake()
-                if self.rx.locked():
-                    self.reader_waker.wake()
+            if check:
+                self.check_input_locked()
+
+    def check_input_locked(self) -> None:
+        """After sends: if input waits (its signal maybe spent by them), wake whoever reads."""
+        if _poll([(self.socket, _POLLIN)], 0):
+            self._loop.wake()
+            if self.rx.locked():
+                self.reader_waker.wake()
 
     def drain(self) -> list[list[Any]]:
         """Up to ``BATCH`` waiting messages, for the holder of ``rx``.
@@ -221,7 +228,7 @@ class IOLoop:
         # call, where zmq_poll on socket items makes several per socket
         self._handlers: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
         self._recheck: set[int] = set()
-        self._shared: dict[SharedSocket, Callable[[list[zmq.Frame]], None]] = {}
+        self._shared: dict[SharedSocket, tuple[Callable[[list[Any]], None], Callable[[], None] | None]] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timers_lock = threading.Lock()
@@ -252,10 +259,16 @@ class IOLoop:
                 self._unregister(fd)
                 self._recheck.discard(fd)
 
-    def add_shared(self, shared: SharedSocket, on_message: Callable[[list[zmq.Frame]], None]) -> None:
-        """Watch ``shared``; ``on_message(frames)`` runs on the loop for each message it receives."""
+    def add_shared(
+        self,
+        shared: SharedSocket,
+        on_message: Callable[[list[Any]], None],
+        on_batch_end: Callable[[], None] | None = None,
+    ) -> None:
+        """Watch ``shared``; ``on_message(frames)`` runs on the loop for each message it
+        receives, and ``on_batch_end()`` after each batch of them."""
         with self._reg_lock:
-            self._shared[shared] = on_message
+            self._shared[shared] = (on_message, on_batch_end)
             self._poller.register(shared.fd, select.EPOLLIN)
 
     def remove_shared(self, shared: SharedSocket) -> None:
@@ -380,7 +393,7 @@ class IOLoop:
         recheck, self._recheck = self._recheck, set()
         for fd in ready | recheck:
             self._serve_socket(fd)
-        for shared, on_message in list(self._shared.items()):
+        for shared, (on_message, on_batch_end) in list(self._shared.items()):
             if not (woken or more or shared.fd in ready):
                 continue  # nothing new: its descriptor would have fired, or a sender woken us
             if not shared.rx.acquire(blocking=False):
@@ -394,6 +407,8 @@ class IOLoop:
                         on_message(frames)
                     except Exception:
                         log.exception("%s: error handling a message", self.name)
+                if on_batch_end is not None:
+                    self._guarded(on_batch_end)
             finally:
                 shared.rx.release()
         if self._timers:

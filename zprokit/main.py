@@ -219,6 +219,8 @@ class Main:
         self._bseq = itertools.count(1)
         self._ids = itertools.count(1)
         self._stats: Counter[str] = Counter()  # counted on the loop thread, or under the router's lock
+        self._batching = False  # the loop is working through a batch of messages (see _answer)
+        self._replies: list[tuple[_Window, int, bytes]] = []  # inline handlers' replies, until the batch ends
         self._broadcasts = 0  # counted under the PUB socket's lock
         self._rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
@@ -243,7 +245,7 @@ class Main:
         # Any thread sends (numbering and signing under the socket's lock); the loop reads.
         self._router_s = SharedSocket(self._router, self._loop)
         self._pub_s = SharedSocket(self._pub, self._loop)
-        self._loop.add_shared(self._router_s, self._on_message)
+        self._loop.add_shared(self._router_s, self._on_message, self._flush_replies)
         self._loop.add_shared(self._pub_s, self._on_xpub)
         # A closed connection (a window that crashed, on this host or another) shows up
         # here at once; heartbeats are only needed for links that die without a word.
@@ -538,6 +540,7 @@ class Main:
             self._subscriptions.discard(topic)
 
     def _on_message(self, raw: list[Any]) -> None:
+        self._batching = True  # until _flush_replies, at the end of this batch: see _answer
         self._stats["messages_in"] += 1
         try:
             if len(raw) == 2 and self._zap is None:
@@ -845,23 +848,53 @@ class Main:
         self._send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(body)], origin="", served=True)
 
     def _answer(self, name: str, msg_id: int, reply: list[Any]) -> None:
-        """Send a handler's REPLY: ``_send_to`` in fewer steps for a one-frame reply, as most are."""
+        """Send a handler's REPLY: ``_send_to`` in fewer steps for a one-frame reply, as most are.
+
+        An inline handler's reply, made while the loop works through a batch of
+        messages, leaves with the batch's other replies when the batch ends
+        (``_flush_replies``): a run of sends wakes libzmq's I/O thread once,
+        where one send at a time woke it each time (and on 2 cores the woken
+        thread preempts this one: about 40 µs a reply, measured).
+        """
         window = self._windows.get(name)
-        router = self._router_s
         if window is not None and len(reply) == 1 and type(reply[0]) is bytes and len(reply[0]) <= protocol.INLINE_MAX:
-            with router.lock:
-                if not router.closed:
-                    frames = protocol.pack_one(self._signer, Kind.REPLY, msg_id, next(self._seq), self.session,
-                                               window.session, "", name, "", reply[0])
-                    self._stats["requests_served"] += 1  # before it leaves: see _sign_and_send
-                    try:
-                        router.send_locked([window.ident, frames[0]])
-                    except zmq.ZMQError:
-                        self._stats["requests_served"] -= 1  # the general path below counts and reports it
-                    else:
-                        self._stats["messages_out"] += 1
-                        return
+            if self._batching and self._loop.in_loop:
+                self._replies.append((window, msg_id, reply[0]))
+                return
+            if not self._send_replies([(window, msg_id, reply[0])]):
+                return
         self._send_to(name, Kind.REPLY, msg_id, "", reply, origin="", served=True)
+
+    def _flush_replies(self) -> None:
+        """The end of a batch: send the replies its inline handlers made (loop thread)."""
+        self._batching = False
+        replies, self._replies = self._replies, []
+        for window, msg_id, data in self._send_replies(replies):
+            self._send_to(window.info.name, Kind.REPLY, msg_id, "", [data], origin="", served=True)
+
+    def _send_replies(self, replies: list[tuple[_Window, int, bytes]]) -> list[tuple[_Window, int, bytes]]:
+        """Number, sign and send one-frame replies under the ROUTER's lock; those that failed,
+        for the general path (``_send_to``), which counts and reports each failure."""
+        failed = []
+        router = self._router_s
+        with router.lock:
+            for i, (window, msg_id, data) in enumerate(replies):
+                if router.closed:
+                    failed.extend(replies[i:])
+                    break
+                frames = protocol.pack_one(self._signer, Kind.REPLY, msg_id, next(self._seq), self.session,
+                                           window.session, "", window.info.name, "", data)
+                self._stats["requests_served"] += 1  # before it leaves: see _sign_and_send
+                try:
+                    router.send_locked([window.ident, frames[0]], check=False)
+                except zmq.ZMQError:
+                    self._stats["requests_served"] -= 1
+                    failed.append((window, msg_id, data))
+                else:
+                    self._stats["messages_out"] += 1
+            if replies and not router.closed:
+                router.check_input_locked()
+        return failed
 
     def _on_message_kind(self, name: str, msg: protocol.Message) -> None:
         if msg.header.target:
