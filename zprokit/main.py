@@ -221,6 +221,7 @@ class Main:
         self._stats: Counter[str] = Counter()  # counted on the loop thread, or under the router's lock
         self._batching = False  # the loop is working through a batch of messages (see _answer)
         self._replies: list[tuple[_Window, int, bytes]] = []  # inline handlers' replies, until the batch ends
+        self._routes_due: list[tuple[str, protocol.Message]] = []  # window -> window, until the batch ends
         self._broadcasts = 0  # counted under the PUB socket's lock
         self._rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
@@ -790,7 +791,7 @@ class Main:
     def _on_request(self, name: str, msg: protocol.Message) -> None:
         h = msg.header
         if h.target:
-            self._route(name, msg)
+            self._route_soon(name, msg)
             return
         entry = self._handlers.get(h.channel)
         if entry is None:
@@ -866,11 +867,18 @@ class Main:
         self._send_to(name, Kind.REPLY, msg_id, "", reply, origin="", served=True)
 
     def _flush_replies(self) -> None:
-        """The end of a batch: send the replies its inline handlers made (loop thread)."""
+        """The end of a batch: send the replies its inline handlers made, and route what
+        windows sent to windows (loop thread)."""
         self._batching = False
         replies, self._replies = self._replies, []
         for window, msg_id, data in self._send_replies(replies):
             self._send_to(window.info.name, Kind.REPLY, msg_id, "", [data], origin="", served=True)
+        routes, self._routes_due = self._routes_due, []
+        for source, msg in routes:  # in the order they came: one-way messages keep their order
+            try:
+                self._route(source, msg)
+            except Exception:
+                log.exception("main: error routing a message from %r", source)
 
     def _send_replies(self, replies: list[tuple[_Window, int, bytes]]) -> list[tuple[_Window, int, bytes]]:
         """Number, sign and send one-frame replies under the ROUTER's lock; those that failed,
@@ -898,9 +906,16 @@ class Main:
 
     def _on_message_kind(self, name: str, msg: protocol.Message) -> None:
         if msg.header.target:
-            self._route(name, msg)
+            self._route_soon(name, msg)
         else:
             self._reject("malformed", f"one-way message to main from {name!r}")
+
+    def _route_soon(self, source: str, msg: protocol.Message) -> None:
+        """``_route`` now, or, in a batch on the loop, when the batch ends (see ``_answer``)."""
+        if self._batching and self._loop.in_loop:
+            self._routes_due.append((source, msg))
+        else:
+            self._route(source, msg)
 
     def _route(self, source: str, msg: protocol.Message) -> None:
         """Forward a window's MESSAGE or REQUEST to its target window, payload untouched."""
