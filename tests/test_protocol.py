@@ -88,6 +88,15 @@ def test_the_one_frame_fast_paths_agree_with_the_general_ones():
     assert msg.header == FULL and [bytes(p) for p in msg.payload] == [b"payload"]
     bare = pack(SIGNER, Header(Kind.PING, seq=1, session=S1))
     assert unpack_one(SIGNER, bare[0])[8] is None  # no payload at all, not an empty one
+    topic, head = BCAST  # a broadcast: the topic frame is signed first, and must match the header's
+    fields = unpack_one(SIGNER, head, topic=topic)
+    assert Header(*fields[:8], fields[9]) == BCAST_HEADER and bytes(fields[8]) == b"payload"
+    for wrong in (b"Bnewz", b"news", b""):
+        with pytest.raises(Rejected, match="bad_signature"):
+            unpack_one(SIGNER, head, topic=wrong)
+    forged = pack(SIGNER, Header(Kind.BROADCAST, seq=9, session=S1, channel="other"), [b"p"], topic=b"Bnews")
+    with pytest.raises(Rejected, match="malformed"):  # signed, but its topic is not its header's
+        unpack_one(SIGNER, forged[1], topic=forged[0])
 
 
 def test_unpack_one_refuses_what_unpack_refuses():

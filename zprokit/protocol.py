@@ -299,10 +299,11 @@ def unpack(
         frames = frames[1:]
     if not frames:
         raise Rejected("malformed", "no frames")
-    if topic is None and len(frames) == 1:  # the common case, one frame
-        kind, msg_id, seq, session, peer, source, target, channel, part, flags = unpack_one(signer, frames[0], max_size)
+    if len(frames) == 1:  # the common case, one frame (after the topic)
+        kind, msg_id, seq, session, peer, source, target, channel, part, flags = unpack_one(
+            signer, frames[0], max_size, topic)
         header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags)
-        return Message(header, () if part is None else (part,))
+        return Message(header, () if part is None else (part,), topic)
     head = memoryview(frames[0])
     if head[: len(VERSION)] != VERSION:
         raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
@@ -331,9 +332,10 @@ def unpack(
 
 
 def unpack_one(
-    signer: Signer, frame: Any, max_size: int | None = None
+    signer: Signer, frame: Any, max_size: int | None = None, topic: bytes | None = None
 ) -> tuple[Kind, int, int, bytes, bytes, str, str, str, memoryview | None, int]:
-    """``unpack`` for a message of one frame, without building objects: this runs for every request and reply.
+    """``unpack`` for a message of one frame (after its ``topic`` frame, for a broadcast),
+    without building objects: this runs for every request, reply and broadcast.
 
     Returns ``(kind, msg_id, seq, session, peer_session, source, target,
     channel, payload, flags)``, ``payload`` the inline part or None. Raises
@@ -345,10 +347,13 @@ def unpack_one(
         raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
     if size < len(VERSION) + _FIXED.size + MAC_SIZE:
         raise Rejected("malformed", "head frame too short")
-    if max_size is not None and size > max_size:
+    if max_size is not None and size + len(topic or b"") > max_size:
         raise Rejected("oversized")
     body = head[:-MAC_SIZE]
     mac = signer._base.copy()
+    if topic is not None:  # signed first, where it sits on the wire
+        mac.update(_LEN.pack(len(topic)))
+        mac.update(topic)
     mac.update(_LEN.pack(size - MAC_SIZE))
     mac.update(body)
     if not hmac.compare_digest(mac.digest(), head[-MAC_SIZE:]):
@@ -369,6 +374,8 @@ def unpack_one(
         kind = _KINDS[kind]
     except (KeyError, UnicodeDecodeError) as e:
         raise Rejected("malformed", f"bad header: {e!r}") from e
+    if topic is not None and (kind != Kind.BROADCAST or topic != BROADCAST_PREFIX + channel.encode()):
+        raise Rejected("malformed", "topic frame does not match the signed topic")
     part = body[end:] if flags & FLAG_INLINE else None
     return kind, msg_id, seq, session, peer, source, target, channel, part, flags & ~FLAG_INLINE
 
