@@ -1,15 +1,18 @@
 """The one I/O thread that reads a node's sockets.
 
-The loop thread alone receives. Other threads hand work over with
-``call_soon`` (a deque plus an eventfd wake-up, polled beside the sockets)
-and get answers back through futures. Each wake-up drains every ready
-message of every socket and every queued call, so work is handed over in
-batches. Timers (request deadlines, heartbeats) live in a heap here too.
+The loop thread receives, with two exceptions below. Other threads hand
+work over with ``call_soon`` (a deque plus an eventfd wake-up, polled
+beside the sockets) and get answers back through futures. Each wake-up
+drains every ready message of every socket and every queued call, so work
+is handed over in batches, and a socket's ``on_batch_end`` runs after each
+of its batches (to send in a run what the batch produced). Timers (request
+deadlines, heartbeats) live in a heap here too.
 
-Sending is the one exception, for speed: a thread handoff under the GIL
-costs tens of microseconds, so the sockets that carry requests and replies
-are ``SharedSocket``s, on which any thread may send under a lock while the
-loop watches their ``ZMQ_FD``; see that class for how that stays correct.
+The exceptions are for speed, as a thread handoff under the GIL costs tens
+of microseconds: the sockets that carry requests and replies are
+``SharedSocket``s, on which any thread may send under a lock, and which a
+caller waiting for an answer may read itself while the loop stops watching
+(its read token, ``rx``); see that class for how that stays correct.
 """
 
 from __future__ import annotations
