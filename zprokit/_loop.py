@@ -134,9 +134,10 @@ class SharedSocket:
         # How many leading frames of a message arrive as bytes (copied; cheaper for small
         # frames); the rest arrive as zmq.Frame, uncopied, with their metadata (User-Id ...).
         self._copied = copied
-        # Wakes a caller that reads: a send consumed its edge, the socket closed, its future
-        # was settled by another thread. Closed when this object goes (a caller polling it
-        # holds a reference), never while a poll may still be using it.
+        # Wakes a caller that reads: a send by another thread consumed its edge, or the socket
+        # closed (the loop fails pending futures, then closes). A request's own timeout needs
+        # no wake: the reader waits no longer than the request's deadline. Closed when this
+        # object goes (a caller polling it holds a reference), never while a poll may use it.
         self.reader_waker = _Waker()
         weakref.finalize(self, self.reader_waker.close)
         self._reader_poll = select.poll()

@@ -44,7 +44,7 @@ __all__ = ["Window"]
 _BROADCAST_STREAM = 1
 _SUB_BATCH = 16  # broadcasts read per call from the loop, which runs its timers between calls
 _POLLIN = int(zmq.POLLIN)
-_FINISHED = concurrent.futures._base.FINISHED  # a future's state, read directly on the hot path
+_FINISHED = concurrent.futures._base.FINISHED  # private but long stable: a future's state, read on the hot path
 
 
 class Window:
