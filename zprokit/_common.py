@@ -45,11 +45,13 @@ class PendingRequests:
         self._lock = threading.Lock()
         self._loop = loop
 
-    def add(self, msg_id: int, future: ReplyFuture, timeout: float, target: str = "") -> None:
+    def add(self, msg_id: int, future: ReplyFuture, timeout: float, target: str = "") -> float:
+        """Track ``future`` until ``timeout`` s from now; returns that deadline (``time.monotonic()``)."""
         deadline = time.monotonic() + timeout
         self._items[msg_id] = (future, deadline, timeout, target)
         if deadline < self._next:
             self._arm(deadline)
+        return deadline
 
     def pop(self, msg_id: int) -> tuple[ReplyFuture, str] | None:
         entry = self._items.pop(msg_id, None)

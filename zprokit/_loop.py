@@ -165,7 +165,7 @@ class SharedSocket:
 
     def check_input_locked(self) -> None:
         """After sends: if input waits (its signal maybe spent by them), wake whoever reads."""
-        if _poll([(self.socket, _POLLIN)], 0):
+        if self.input_waiting_locked():
             self._loop.wake()
             if self.rx.locked():
                 self.reader_waker.wake()
@@ -182,10 +182,10 @@ class SharedSocket:
         with self.lock:
             if self.closed:
                 return batch
-            socket, recv = self.socket, self.recv_locked
+            waiting, recv = self.input_waiting_locked, self.recv_locked
             try:
                 while len(batch) < self.BATCH:
-                    if len(batch) < 4 and not _poll([(socket, _POLLIN)], 0):
+                    if len(batch) < 4 and not waiting():
                         break
                     batch.append(recv())
             except zmq.Again:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -830,8 +831,8 @@ def _raw_socket(ctx: zmq.Context, kind: int, bind: bool = False, endpoint: str =
     return sock
 
 
-def serve_raw_echo() -> None:
-    """A ROUTER that sends every message back as it came: wait, then answer all that is waiting."""
+def _serve_echo(answer: Callable[[list[zmq.Frame]], list[Any]]) -> None:
+    """A ROUTER that sends ``answer(frames)`` back for every message: wait, then answer all that is waiting."""
     ctx = zmq.Context()
     router = _raw_socket(ctx, zmq.ROUTER, bind=True)
 
@@ -843,7 +844,7 @@ def serve_raw_echo() -> None:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            router.send_multipart(frames, copy=False)
+            router.send_multipart(answer(frames), copy=False)
 
     stop = _socket_loop(step)
     _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -851,36 +852,26 @@ def serve_raw_echo() -> None:
     stop()
     router.close(0)
     ctx.term()
+
+
+def serve_raw_echo() -> None:
+    """A ROUTER that sends every message back as it came."""
+    _serve_echo(lambda frames: frames)
 
 
 def serve_floor_echo() -> None:
     """The raw echo through zprokit's wire format: check each request, answer it signed (the floor rows)."""
-    ctx = zmq.Context()
-    router = _raw_socket(ctx, zmq.ROUTER, bind=True)
     signer = protocol.Signer(os.environ["ZPROKIT_KEY"].encode())
-    session, seq = secrets.token_bytes(16), 0
+    session, seqs = secrets.token_bytes(16), itertools.count(1)
 
-    def step() -> None:
-        nonlocal seq
-        if not router.poll(100):
-            raise zmq.Again()
-        while True:
-            try:
-                ident, head = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            _, msg_id, _, their_session, *_, part, _ = protocol.unpack_one(signer, head)
-            seq += 1
-            reply = pickle.dumps(pickle.loads(part), protocol=5)
-            router.send_multipart([ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, seq, session,
-                                                             their_session, "", "floor", "", reply)])
+    def answer(frames: list[zmq.Frame]) -> list[Any]:
+        ident, head = frames
+        _, msg_id, _, their_session, *_, part, _ = protocol.unpack_one(signer, head.buffer)
+        reply = pickle.dumps(pickle.loads(part), protocol=5)
+        return [ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, next(seqs), session, their_session,
+                                          "", "floor", "", reply)]
 
-    stop = _socket_loop(step)
-    _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
-    _commands()
-    stop()
-    router.close(0)
-    ctx.term()
+    _serve_echo(answer)
 
 
 def serve_raw_forward() -> None:

@@ -31,7 +31,7 @@ is listed for) against the name claimed: in HELLO, then in the routing id.
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import functools
 import itertools
 import logging
 import os
@@ -48,7 +48,7 @@ import zmq
 from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
 from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
-from ._dispatch import SYNC_RESULTS, Dispatcher, call_handler
+from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket
 from .errors import Closed, QueueFull, NoHandler, PeerLost, Timeout, WindowNotFound
@@ -220,7 +220,7 @@ class Main:
         self._ids = itertools.count(1)
         self._stats: Counter[str] = Counter()  # counted on the loop thread, or under the router's lock
         self._batching = False  # the loop is working through a batch of messages (see _answer)
-        self._replies: list[tuple[_Window, int, bytes]] = []  # inline handlers' replies, until the batch ends
+        self._replies: list[tuple[_Window, int, Any]] = []  # inline handlers' replies, until the batch ends
         self._routes_due: list[tuple[str, protocol.Message]] = []  # window -> window, until the batch ends
         self._broadcasts = 0  # counted under the PUB socket's lock
         self._rejected: Counter[str] = Counter()
@@ -246,7 +246,7 @@ class Main:
         # Any thread sends (numbering and signing under the socket's lock); the loop reads.
         self._router_s = SharedSocket(self._router, self._loop)
         self._pub_s = SharedSocket(self._pub, self._loop)
-        self._loop.add_shared(self._router_s, self._on_message, self._flush_replies)
+        self._loop.add_shared(self._router_s, self._on_message, self._end_batch)
         self._loop.add_shared(self._pub_s, self._on_xpub)
         # A closed connection (a window that crashed, on this host or another) shows up
         # here at once; heartbeats are only needed for links that die without a word.
@@ -541,7 +541,7 @@ class Main:
             self._subscriptions.discard(topic)
 
     def _on_message(self, raw: list[Any]) -> None:
-        self._batching = True  # until _flush_replies, at the end of this batch: see _answer
+        self._batching = True  # until _end_batch: see _answer
         self._stats["messages_in"] += 1
         try:
             if len(raw) == 2 and self._zap is None:
@@ -576,7 +576,7 @@ class Main:
             return False
         window.last_seen = time.monotonic()
         window.messages += 1
-        (self._serve_inline if entry[1] else self._serve_pooled)(source, entry[0], channel, msg_id, (payload,))
+        self._serve(source, entry[0], entry[1], channel, msg_id, (payload,))
         return True
 
     def _on_verified(self, raw: list[zmq.Frame]) -> None:
@@ -798,35 +798,23 @@ class Main:
             self._send_error(name, h.msg_id, NoHandler(h.channel, MAIN_NAME))
             return
         handler, inline = entry
-        (self._serve_inline if inline else self._serve_pooled)(name, handler, h.channel, h.msg_id, msg.payload)
+        self._serve(name, handler, inline, h.channel, h.msg_id, msg.payload)
 
-    def _serve_pooled(self, name: str, handler: Callable[..., Any], channel: str, msg_id: int, payload: Any) -> None:
-        """Run a handler on the pool; it answers from there."""
-        event = Event(name, channel, "request", None, MAIN_NAME)
-        done = self._answerer(name, msg_id)
-
-        def run() -> None:
-            try:
-                args = self.serializer.loads(payload)
-            except Exception as e:
-                done(None, e)
-                return
-            call_handler(self._dispatch, handler, (event, args), done)
-
-        self._dispatch.submit(run)
-
-    def _serve_inline(self, name: str, handler: Callable[..., Any], channel: str, msg_id: int, payload: Any) -> None:
-        """Run an inline handler here, on the I/O thread, and answer: no closures, no handoff."""
-        try:
-            result = handler(Event(name, channel, "request", None, MAIN_NAME), self.serializer.loads(payload))
-            if type(result) not in SYNC_RESULTS and inspect.isawaitable(result):
-                call_handler(self._dispatch, lambda: result, (), self._answerer(name, msg_id))  # awaited there
-                return
-            reply = self.serializer.dumps(result)  # an unpicklable return value is the handler's error
-        except Exception as e:
-            self._answer_error(name, msg_id, e)
+    def _serve(
+        self, name: str, handler: Callable[..., Any], inline: bool, channel: str, msg_id: int, payload: Any
+    ) -> None:
+        """Run ``handler`` for request ``msg_id`` of window ``name`` and answer it: here, on the
+        I/O thread, if ``inline``; otherwise on the pool, which answers from there."""
+        if not inline:
+            self._dispatch.submit(functools.partial(self._serve, name, handler, True, channel, msg_id, payload))
             return
-        self._answer(name, msg_id, reply)
+        done = self._answerer(name, msg_id)
+        try:
+            args = self.serializer.loads(payload)
+        except Exception as e:
+            done(None, e)
+            return
+        call_handler(self._dispatch, handler, (Event(name, channel, "request", None, MAIN_NAME), args), done)
 
     def _answerer(self, name: str, msg_id: int) -> Callable[[Any, BaseException | None], None]:
         """The ``done(result, exc)`` that answers request ``msg_id`` of window ``name``."""
@@ -853,12 +841,12 @@ class Main:
 
         An inline handler's reply, made while the loop works through a batch of
         messages, leaves with the batch's other replies when the batch ends
-        (``_flush_replies``): a run of sends wakes libzmq's I/O thread once,
+        (``_end_batch``): a run of sends wakes libzmq's I/O thread once,
         where one send at a time woke it each time (and on 2 cores the woken
         thread preempts this one: about 40 µs a reply, measured).
         """
         window = self._windows.get(name)
-        if window is not None and len(reply) == 1 and type(reply[0]) is bytes and len(reply[0]) <= protocol.INLINE_MAX:
+        if window is not None and protocol.fits_one(reply):
             if self._batching and self._loop.in_loop:
                 self._replies.append((window, msg_id, reply[0]))
                 return
@@ -866,7 +854,7 @@ class Main:
                 return
         self._send_to(name, Kind.REPLY, msg_id, "", reply, origin="", served=True)
 
-    def _flush_replies(self) -> None:
+    def _end_batch(self) -> None:
         """The end of a batch: send the replies its inline handlers made, and route what
         windows sent to windows (loop thread)."""
         self._batching = False
@@ -880,7 +868,7 @@ class Main:
             except Exception:
                 log.exception("main: error routing a message from %r", source)
 
-    def _send_replies(self, replies: list[tuple[_Window, int, bytes]]) -> list[tuple[_Window, int, bytes]]:
+    def _send_replies(self, replies: list[tuple[_Window, int, Any]]) -> list[tuple[_Window, int, Any]]:
         """Number, sign and send one-frame replies under the ROUTER's lock; those that failed,
         for the general path (``_send_to``), which counts and reports each failure."""
         failed = []

@@ -52,6 +52,7 @@ __all__ = [
     "Signer",
     "ReplayGuard",
     "pack",
+    "fits_one",
     "pack_one",
     "unpack",
     "unpack_one",
@@ -225,12 +226,10 @@ def pack(signer: Signer, header: Header, payload: Sequence[Any] = (), topic: byt
     A first payload part of at most ``INLINE_MAX`` bytes is copied into the
     head frame; larger ones, and the rest, go as their own frames, uncopied.
     """
-    if topic is None and len(payload) == 1:
-        first = payload[0]
-        if (len(first) if type(first) is bytes else memoryview(first).nbytes) <= INLINE_MAX:
-            h = header
-            return pack_one(signer, h.kind, h.msg_id, h.seq, h.session, h.peer_session, h.source, h.target,
-                            h.channel, first, h.flags)
+    if topic is None and fits_one(payload):
+        h = header
+        return pack_one(signer, h.kind, h.msg_id, h.seq, h.session, h.peer_session, h.source, h.target,
+                        h.channel, payload[0], h.flags)
     rest = list(payload)
     if rest and memoryview(rest[0]).nbytes <= INLINE_MAX:
         first = rest.pop(0)
@@ -244,6 +243,14 @@ def pack(signer: Signer, header: Header, payload: Sequence[Any] = (), topic: byt
     if topic is not None:
         frames.insert(0, topic)
     return frames
+
+
+def fits_one(payload: Sequence[Any]) -> bool:
+    """True when ``payload`` is one part small enough to ride in the head: ``pack_one`` can pack it."""
+    if len(payload) != 1:
+        return False
+    first = payload[0]
+    return (len(first) if type(first) is bytes else memoryview(first).nbytes) <= INLINE_MAX
 
 
 def pack_one(

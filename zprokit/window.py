@@ -264,10 +264,9 @@ class Window:
         future = ReplyFuture(description)
         future.set_running_or_notify_cancel()
         future._reader = self._read_for
-        future._deadline = time.monotonic() + timeout
         msg_id = next(self._ids)
         if self._connected:
-            self._pending.add(msg_id, future, timeout)
+            future._deadline = self._pending.add(msg_id, future, timeout)
             try:
                 if self._send(kind, msg_id, target, channel, payload, raise_full=True):
                     return future
@@ -839,7 +838,7 @@ class Window:
             if dealer.closed or not (self._connected or force) or self._main_session is None:
                 return False
             seq = next(self._seq)
-            if len(payload) == 1 and type(payload[0]) is bytes and len(payload[0]) <= protocol.INLINE_MAX:
+            if protocol.fits_one(payload):  # the common case: no Header object needed
                 frames = protocol.pack_one(self._signer, kind, msg_id, seq, self.session, self._main_session,
                                            self.name, target, channel, payload[0])
             else:
