@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import hmac
 import json
+import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ __all__ = [
     "error_from_body",
     "BROADCAST_PREFIX",
     "CONTROL_PREFIX",
+    "HEARTBEAT_TOPIC",
+    "wire_size",
 ]
 
 VERSION = b"ZPK3/blake3keyed"
@@ -84,6 +87,9 @@ DENIED = b"denied"
 DENIAL = [VERSION + DENIED]
 BROADCAST_PREFIX = b"B"
 CONTROL_PREFIX = b"C"
+# The main publishes a PING under this topic every heartbeat, numbered with its broadcasts:
+# a window that hears nothing on its SUB for heartbeat * liveness knows the link is dead.
+HEARTBEAT_TOPIC = b"H"
 INLINE_MAX = 64 * 1024  # a first payload part up to this size rides in the head frame
 FLAG_INLINE = 0x80  # header flag: the first payload part is inside the head
 
@@ -111,6 +117,7 @@ class Kind(enum.IntEnum):
     PONG = 21
     BYE = 22  # the sender is closing
     CLOSE = 23  # main -> window: please close
+    CANCEL = 24  # the caller of REQUEST msg_id gave up (timed out): do not start it
 
 
 _KINDS.update((int(k), k) for k in Kind)
@@ -190,6 +197,37 @@ class Message:
     topic: bytes | None = None  # the PUB topic frame, for broadcasts
 
 
+# Large frames are hashed on every core (BLAKE3 over Rayon's global thread pool), small ones
+# on the caller's thread: waking the pool costs more than it saves below a couple of MiB.
+# Measured here (2-core AMD EPYC VM, blake3 1.0.11), hashing one frame, GB/s, one thread vs AUTO,
+# "idle": after 20 ms without hashing (the pool's threads asleep), "busy": back to back:
+#   256 KiB: idle 3.2-3.7 vs 1.6-2.0, busy  9.8 vs 11.5
+#     1 MiB: idle 5.9-6.3 vs 4.6-5.4, busy  9.4-9.8 vs 16.8-17.0
+#     2 MiB: idle 6.5-7.1 vs 7.6-7.7, busy  9.6 vs 18.1-18.4
+#    64 MiB: idle 7.5 vs 13.1-14.0,   busy  7.5-7.7 vs 14.8-15.0
+# From 2 MiB the pool wins even when it has to be woken; below, it can lose by half.
+_THREADED_MIN = 2 << 20  # a frame at least this large is hashed on the Rayon pool, where it is usable
+
+# Rayon's global pool is started the first time a threaded hash runs, and its threads do not
+# survive fork(): in a child of a process that started it, a threaded hash queues work that no
+# thread will ever run, and hangs forever. The pool cannot be rebuilt after the fork either, so
+# such a child hashes everything on one thread (the same digests: threading never changes a
+# BLAKE3 hash). A child whose parent never started the pool starts its own, and may use it.
+# Only this module's own use is tracked: another library that starts the pool is not seen.
+_rayon_started = False  # this process (or the parent it was forked from) has started the pool
+_rayon_usable = True  # False in a child forked after the pool was started
+
+
+def _after_fork_in_child() -> None:
+    global _rayon_usable
+    if _rayon_started:
+        _rayon_usable = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Signer:
     """Keyed BLAKE3 with a pre-keyed state, copied per message (cheaper than re-keying).
 
@@ -197,20 +235,42 @@ class Signer:
     BLAKE3, not HMAC-SHA256: on this kind of machine HMAC-SHA256 runs at about
     1.2 GB/s, which alone capped a 64 MiB round trip (four passes: sign and
     verify, each way) near a third of raw pyzmq's bandwidth; keyed BLAKE3 runs
-    at about 1.5 GB/s on one core and 2.9 GB/s on two (it hashes large
-    frames on every core), and signs a small message in 1.7 µs instead of 2.7.
+    at about 1.5 GB/s on one core and 2.9 GB/s on two, and signs a small
+    message in 1.7 µs instead of 2.7.
+
+    Two pre-keyed states: ``_base`` hashes on the caller's thread, and signs
+    every message but those with a frame of at least ``_THREADED_MIN`` bytes,
+    which ``_threaded`` hashes on every core (Rayon's global pool), unless
+    this process was forked from one that had started that pool (it would
+    hang; see ``_rayon_started``): there they are hashed on one thread too.
+    Both give the same digest.
     """
 
-    __slots__ = ("_base",)
+    __slots__ = ("_base", "_threaded")
 
     def __init__(self, key: bytes) -> None:
         if not key:
             raise ValueError("an empty key signs nothing; give at least one byte")
         mac_key = blake3.blake3(key, derive_key_context=_MAC_KEY_CONTEXT).digest()
-        self._base = blake3.blake3(key=mac_key, max_threads=blake3.blake3.AUTO)
+        self._base = blake3.blake3(key=mac_key, max_threads=1)  # pack_one and unpack_one copy this one
+        self._threaded = blake3.blake3(key=mac_key, max_threads=blake3.blake3.AUTO)
 
     def sign(self, frames: Sequence[Any]) -> bytes:
         mac = self._base.copy()
+        for frame in frames:
+            size = memoryview(frame).nbytes
+            if size >= _THREADED_MIN and _rayon_usable:
+                # Start over on every core. What was hashed so far is wasted, but it is
+                # little: a large frame comes right after the head (at most ~64 KiB).
+                return self._sign_threaded(frames)
+            mac.update(_LEN.pack(size))
+            mac.update(frame)
+        return mac.digest()
+
+    def _sign_threaded(self, frames: Sequence[Any]) -> bytes:
+        global _rayon_started
+        _rayon_started = True  # before the hash starts the pool: a fork during it must see this
+        mac = self._threaded.copy()
         for frame in frames:
             mac.update(_LEN.pack(memoryview(frame).nbytes))
             mac.update(frame)
@@ -333,7 +393,7 @@ def unpack(
         if end != len(body):
             raise Rejected("malformed", "header length mismatch")
         payload = tuple(frames[1:])
-    if topic is not None and (header.kind != Kind.BROADCAST or topic != BROADCAST_PREFIX + header.channel.encode()):
+    if topic is not None and not _topic_matches(topic, header.kind, header.channel):
         raise Rejected("malformed", "topic frame does not match the signed topic")
     return Message(header, payload, topic)
 
@@ -381,10 +441,18 @@ def unpack_one(
         kind = _KINDS[kind]
     except (KeyError, UnicodeDecodeError) as e:
         raise Rejected("malformed", f"bad header: {e!r}") from e
-    if topic is not None and (kind != Kind.BROADCAST or topic != BROADCAST_PREFIX + channel.encode()):
+    if topic is not None and not _topic_matches(topic, kind, channel):
         raise Rejected("malformed", "topic frame does not match the signed topic")
     part = body[end:] if flags & FLAG_INLINE else None
     return kind, msg_id, seq, session, peer, source, target, channel, part, flags & ~FLAG_INLINE
+
+
+def _topic_matches(topic: bytes, kind: int, channel: str) -> bool:
+    """A PUB message's topic frame agrees with its signed header: a BROADCAST's is ``B`` + its
+    topic; the main's broadcast-link heartbeat is a PING under ``H`` alone."""
+    if kind == Kind.BROADCAST:
+        return topic == BROADCAST_PREFIX + channel.encode()
+    return kind == Kind.PING and topic == HEARTBEAT_TOPIC and not channel
 
 
 def peek_kind(frames: Sequence[Any]) -> "Kind | None":
@@ -515,6 +583,8 @@ def error_body(exc: BaseException, origin: str, traceback_text: str = "", *, fro
         body.update(code="peer_lost")
     elif isinstance(exc, errors.QueueFull):
         body.update(code="queue_full", peer=exc.peer)
+    elif isinstance(exc, errors.MessageTooLarge):
+        body.update(code="too_large", size=exc.size, limit=exc.limit, peer=exc.peer)
     elif isinstance(exc, errors.RemoteError):
         body.update(
             code="remote",
@@ -545,6 +615,9 @@ def error_from_body(body: dict[str, Any]) -> Exception:
         return errors.WindowNotFound(str(body.get("name", "")), message or None)
     if code == "peer_lost":
         return errors.PeerLost(message)
+    if code == "too_large":
+        return errors.MessageTooLarge(_int(body.get("size")), _int(body.get("limit")), str(body.get("peer", "")),
+                                      message or None)
     if code == "queue_full":
         return errors.QueueFull(str(body.get("peer", "")), message or None)
     return errors.RemoteError(
@@ -553,3 +626,14 @@ def error_from_body(body: dict[str, Any]) -> Exception:
         str(body.get("traceback", "")),
         str(body.get("origin", "")),
     )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def wire_size(payload: Sequence[Any], source: str, target: str, channel: str) -> int:
+    """The bytes a message of ``payload`` takes on the wire (the routing id and topic apart):
+    what a receiver's size limit is compared with, so a sender can check before it sends."""
+    names = len(source.encode()) + len(target.encode()) + len(channel.encode())
+    return len(VERSION) + _FIXED.size + names + MAC_SIZE + sum(memoryview(part).nbytes for part in payload)
