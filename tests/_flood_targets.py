@@ -39,19 +39,27 @@ def source(window):
     import collections
     from concurrent.futures import wait
 
+    from zprokit import QueueFull
+
     def flood(event, args):
         target, count, in_flight, timeout = args
         futures = []
         outstanding = collections.deque()
+        refused = {}
         for seq in range(count):
-            future = window.render_msg_to_render(target, seq, timeout=timeout)
-            futures.append(future)
+            try:
+                future = window.render_msg_to_render(target, seq, timeout=timeout)
+            except QueueFull as e:  # told at once (the queue to the main is full): failed, not lost
+                refused[seq] = repr(e)
+                continue
+            futures.append((seq, future))
             outstanding.append(future)
             if in_flight is not None and len(outstanding) >= in_flight:
                 outstanding.popleft().exception(timeout)
-        _, pending = wait(futures, timeout)
-        acked = [seq for seq, f in enumerate(futures) if f.done() and f.exception() is None]
-        failed = {seq: repr(f.exception()) for seq, f in enumerate(futures) if f.done() and f.exception() is not None}
+        _, pending = wait([f for _, f in futures], timeout)
+        acked = [seq for seq, f in futures if f.done() and f.exception() is None]
+        failed = {seq: repr(f.exception()) for seq, f in futures if f.done() and f.exception() is not None}
+        failed.update(refused)
         return {"acked": acked, "failed": failed, "pending": len(pending), "stats": window.stats()}
 
     window.on_msg_from_main(flood, channel="flood")

@@ -1144,7 +1144,7 @@ def test_public_names_are_pinned():
         "render_call_render", "on_broadcast", "off_broadcast",
         "send_msg_to_render", "send_msg_to_main", "send_msg_to_other_render", "on_msg_from_other_render",
         "ZprokitError", "WindowNotFound", "NoHandler", "RemoteError", "Timeout", "PeerLost", "NameInUse",
-        "AuthenticationError", "ProtocolError", "QueueFull", "Closed",
+        "AuthenticationError", "ProtocolError", "QueueFull", "MessageTooLarge", "Closed",
         "generate_key", "__version__",
     }
     assert len(zprokit.__all__) == len(set(zprokit.__all__))

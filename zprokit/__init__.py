@@ -47,6 +47,7 @@ from .errors import (
     PeerLost,
     ProtocolError,
     QueueFull,
+    MessageTooLarge,
     RemoteError,
     Timeout,
     WindowNotFound,
@@ -111,6 +112,7 @@ __all__ = [
     "AuthenticationError",
     "ProtocolError",
     "QueueFull",
+    "MessageTooLarge",
     "Closed",
     # keys
     "generate_key",

@@ -1,17 +1,53 @@
-"""Small pieces shared by Main and Window."""
+"""Small pieces shared by Main and Window: argument checks, the fork generation, pending requests."""
 
 from __future__ import annotations
 
+import heapq
 import math
+import os
 import threading
 import time
 from typing import Any, Callable
 
 from ._futures import ReplyFuture
-from .errors import Timeout
+from .errors import Closed, Timeout
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every request has one, so nothing waits forever by default
 MAIN_NAME = "main"
+MAX_STR = 0xFFFF  # a channel, topic or name is at most this many bytes of UTF-8 (the header's length field)
+# The longest wait handed to a poll or a lock at once: longer (or infinite) waits are made of such
+# waits. epoll and zmq_poll take an int of milliseconds, and a lock refuses more than TIMEOUT_MAX.
+MAX_WAIT = 3600.0
+# ZeroMQ takes heartbeat intervals and timeouts as an int of milliseconds.
+MAX_LIVENESS_WINDOW = (2**31 - 1) / 1000
+
+
+class _Forks:
+    """How many times this process's line has forked: a node made in an earlier generation
+    belongs to a parent, and its sockets and threads are not this process's to use."""
+
+    generation = 0
+
+
+def _after_fork_in_child() -> None:
+    _Forks.generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    return _Forks.generation
+
+
+def check_forked(born: int, what: str, pid: int) -> None:
+    """Raise ``Closed`` if the node made in fork generation ``born`` (by process ``pid``) is used
+    in a forked child: as pyzmq does for a forked context, a clear error at once, not a hang."""
+    if _Forks.generation != born:
+        raise Closed(
+            f"{what} was made in process {pid} and cannot be used in a child forked from it "
+            f"(this is process {os.getpid()}); make a new one in the child"
+        )
 
 
 def fail(future: ReplyFuture, exc: BaseException) -> None:
@@ -20,37 +56,82 @@ def fail(future: ReplyFuture, exc: BaseException) -> None:
 
 
 def check_channel(channel: str, what: str = "channel") -> None:
+    """A channel or topic is a str of at most 65535 bytes of UTF-8; else ``TypeError``/``ValueError`` at once."""
     if not isinstance(channel, str):
         raise TypeError(f"{what} must be a str, not {type(channel).__name__}")
+    if len(channel) > MAX_STR // 4 and len(channel.encode("utf-8", "surrogatepass")) > MAX_STR:
+        raise ValueError(f"{what} is longer than {MAX_STR} bytes of UTF-8: {short(channel)}")
 
 
-def check_timeout(timeout: float) -> float:
-    if timeout is None or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: error messages quote bad values, not whole books."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> float:
+    """A request timeout in seconds: positive; ``None`` or ``math.inf`` means no limit (``inf``)."""
+    if timeout is None:
+        return math.inf
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"{what} must be a positive number of seconds (or None for no limit), got {short(timeout)}")
     return float(timeout)
+
+
+def check_interval(interval: float, what: str) -> float:
+    """A heartbeat or back-off interval: positive and finite, else ``ValueError`` at construction."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < math.inf:
+        raise ValueError(f"{what} must be a positive, finite number of seconds, got {short(interval)}")
+    return float(interval)
+
+
+def check_liveness(heartbeat: float, liveness: int) -> tuple[float, int]:
+    """``heartbeat`` and ``liveness`` that can work: a peer silent for ``heartbeat * liveness`` s is dead."""
+    heartbeat = check_interval(heartbeat, "heartbeat")
+    if isinstance(liveness, bool) or not isinstance(liveness, int) or liveness < 1:
+        raise ValueError(f"liveness must be a whole number of heartbeats, at least 1, got {short(liveness)}")
+    if heartbeat * liveness > MAX_LIVENESS_WINDOW or heartbeat < 0.001:
+        raise ValueError(
+            f"heartbeat * liveness must be between 1 ms and {MAX_LIVENESS_WINDOW / 86400:.1f} days "
+            f"(ZeroMQ counts it in milliseconds), got {heartbeat} s * {liveness}"
+        )
+    return heartbeat, liveness
 
 
 class PendingRequests:
     """Requests awaiting an answer, by message id, each with its deadline.
 
     Any thread may add; the loop thread pops answers and expires the overdue
-    ones with ``Timeout``. Deadlines are kept in the entries, not a timer per
-    request: one timer is armed for the earliest, and a scan on expiry arms
-    the next, so a million answered requests leave nothing behind.
+    ones with ``Timeout``. Deadlines sit in a heap beside the table, so
+    expiring ``n`` calls costs ``O(n log n)`` in all, never a scan of the
+    whole table per expiry; one timer is armed for the earliest. Entries of
+    answered requests leave the heap lazily, and the heap is rebuilt when
+    they outnumber the live ones, so it stays within a constant factor of
+    what is pending. ``on_expired(msg_id, target)`` runs (on the loop) for
+    each request that timed out, so the caller can tell the callee.
     """
 
-    def __init__(self, loop: Any) -> None:
+    def __init__(self, loop: Any, on_expired: Callable[[int, str], None] | None = None) -> None:
         self._items: dict[int, tuple[ReplyFuture, float, float, str]] = {}
-        self._next = math.inf
-        self._lock = threading.Lock()
+        self._heap: list[tuple[float, int]] = []
+        self._next = math.inf  # the deadline a timer is armed for
+        self._lock = threading.Lock()  # the heap and _next; the dict is changed in single steps
         self._loop = loop
+        self._on_expired = on_expired
 
     def add(self, msg_id: int, future: ReplyFuture, timeout: float, target: str = "") -> float:
-        """Track ``future`` until ``timeout`` s from now; returns that deadline (``time.monotonic()``)."""
+        """Track ``future`` until ``timeout`` s from now (``inf``: no limit); returns that deadline
+        (``time.monotonic()``)."""
         deadline = time.monotonic() + timeout
         self._items[msg_id] = (future, deadline, timeout, target)
-        if deadline < self._next:
-            self._arm(deadline)
+        if deadline < math.inf:
+            with self._lock:
+                heapq.heappush(self._heap, (deadline, msg_id))
+                arm = deadline < self._next
+                if arm:
+                    self._next = deadline
+            if arm:
+                self._loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
         return deadline
 
     def pop(self, msg_id: int) -> tuple[ReplyFuture, str] | None:
@@ -67,22 +148,29 @@ class PendingRequests:
     def __len__(self) -> int:
         return len(self._items)
 
-    def _arm(self, deadline: float) -> None:
-        with self._lock:
-            if deadline < self._next:
-                self._next = deadline
-                self._loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
-
     def _expire(self) -> None:
         now = time.monotonic()
+        expired: list[tuple[int, ReplyFuture, float, str]] = []
         with self._lock:
-            self._next = math.inf
-        soonest = math.inf
-        for msg_id, (future, deadline, timeout, _) in list(self._items.items()):
-            if deadline <= now:
-                self._items.pop(msg_id, None)
-                fail(future, Timeout(f"{future.description}: no answer within {timeout} s"))
-            else:
-                soonest = min(soonest, deadline)
-        if soonest < math.inf:
-            self._arm(soonest)
+            if now >= self._next:  # the armed timer fired (not a stale later one): none is armed now
+                self._next = math.inf
+            heap, items = self._heap, self._items
+            while heap and heap[0][0] <= now:
+                deadline, msg_id = heapq.heappop(heap)
+                entry = items.get(msg_id)
+                if entry is not None and entry[1] == deadline:
+                    del items[msg_id]
+                    expired.append((msg_id, entry[0], entry[2], entry[3]))
+            if len(heap) > 2 * len(items) + 64:  # mostly answered requests: keep the heap small
+                heap[:] = [(entry[1], msg_id) for msg_id, entry in list(items.items()) if entry[1] < math.inf]
+                heapq.heapify(heap)
+            soonest = heap[0][0] if heap else math.inf
+            arm = soonest < self._next  # one armed timer at a time: expiries never multiply timers
+            if arm:
+                self._next = soonest
+        if arm:
+            self._loop.call_later(max(0.0, soonest - time.monotonic()), self._expire)
+        for msg_id, future, timeout, target in expired:
+            fail(future, Timeout(f"{future.description}: no answer within {timeout} s"))
+            if self._on_expired is not None:
+                self._on_expired(msg_id, target)

@@ -131,7 +131,8 @@ class Dispatcher:
 def _call(fn: Callable[[], None]) -> None:
     try:
         fn()
-    except Exception:  # the callables we queue report their own errors; this is a bug net
+    except BaseException:  # the callables we queue report their own errors; this is a bug net
+        # BaseException too: a SystemExit that escaped must not end a worker or wedge a lane.
         log.exception("unhandled error in dispatched call %r", fn)
 
 
@@ -152,20 +153,35 @@ def call_handler(
 
     A coroutine result (``async def`` handlers) is run on the dispatcher's
     asyncio loop and reported when it finishes.
+
+    Whatever user code raises, ``SystemExit`` and other ``BaseException``s
+    included, is reported through ``done``: the caller gets an answer and the
+    thread that ran it (a worker, a lane, the I/O thread) lives on. So does
+    an ``async def`` handler whose task or await is cancelled.
     """
     try:
         result = handler(*args)
-    except Exception as e:
+    except BaseException as e:  # sys.exit() in a handler is the handler's error, not the node's end
         done(None, e)
         return
     if type(result) not in SYNC_RESULTS and inspect.isawaitable(result):
-        async def wrap() -> Any:
-            return await result
+        async def wrap() -> tuple[Any, BaseException | None]:
+            # Every outcome is a value here: asyncio re-raises SystemExit and KeyboardInterrupt out
+            # of its loop, which would end the loop's thread and every async handler with it.
+            try:
+                return await result, None
+            except BaseException as e:
+                return None, e
 
         def finished(fut: Any) -> None:
-            exc = fut.exception()
-            done(None if exc else fut.result(), exc)
+            if fut.cancelled():  # the task itself, cancelled before it could catch it
+                done(None, asyncio.CancelledError("the async handler was cancelled"))
+                return
+            done(*fut.result())
 
-        dispatcher.run_async(wrap(), finished)
+        try:
+            dispatcher.run_async(wrap(), finished)
+        except BaseException as e:  # the dispatcher is closed
+            done(None, e)
         return
     done(result, None)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from typing import Any, Callable, Generator
 
 from .errors import Timeout
 
 __all__ = ["ReplyFuture"]
+
+
+def _wait(timeout: float | None) -> float | None:
+    # A lock refuses waits over threading.TIMEOUT_MAX (OverflowError): those mean "no limit".
+    return None if timeout is None or timeout >= threading.TIMEOUT_MAX else timeout
 
 
 class ReplyFuture(concurrent.futures.Future):
@@ -29,10 +35,11 @@ class ReplyFuture(concurrent.futures.Future):
         self._deadline = 0.0  # when the request itself times out (time.monotonic()), for a reader
 
     def result(self, timeout: float | None = None) -> Any:
-        wait = timeout
+        """The answer, waiting at most ``timeout`` s (``None`` or ``inf``: as long as the request lives)."""
+        wait = _wait(timeout)
         reader = self._reader
         if reader is not None and not self.done():
-            wait = reader(self, timeout)
+            wait = _wait(reader(self, wait))
         try:
             return super().result(wait)
         except concurrent.futures.TimeoutError:
@@ -42,7 +49,7 @@ class ReplyFuture(concurrent.futures.Future):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:
-            return super().exception(timeout)
+            return super().exception(_wait(timeout))
         except concurrent.futures.TimeoutError:
             raise Timeout(f"{self.description}: no answer within {timeout} s") from None
 

@@ -40,6 +40,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _POLLIN = int(zmq.POLLIN)
 _poll = zmq.zmq_poll  # zmq_poll(socket, 0) asks ZMQ_EVENTS for less than pyzmq's getsockopt costs
+MAX_WAIT = 3600.0  # seconds: the longest single poll; longer waits are made of several
 
 
 class _Waker:
@@ -209,9 +210,18 @@ class SharedSocket:
 
         For the holder of ``rx`` only (so the one poll object is never used by two threads).
         """
-        for fd, _ in self._reader_poll.poll(math.ceil(timeout * 1000)):
+        for fd, _ in self._reader_poll.poll(math.ceil(min(timeout, MAX_WAIT) * 1000)):
             if fd == self.reader_waker.fd:
                 self.reader_waker.drain()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block (without the GIL or the lock) until the socket's state may have changed, or
+        ``timeout`` s pass: for a sender waiting for room. Its descriptor is edge-triggered and
+        shared with the loop, so a caller waits briefly and looks again."""
+        if not self.closed:
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            poller.poll(math.ceil(min(timeout, MAX_WAIT) * 1000))
 
     def close(self, linger_ms: int) -> None:
         with self.lock:
@@ -245,6 +255,8 @@ class IOLoop:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._on_stop: Callable[[], None] | None = None
+        self._on_fail: Callable[[BaseException], None] | None = None
+        self.failure: BaseException | None = None  # what ended the thread, if not a stop
 
     # --- for the owner, before start ------------------------------------------------
 
@@ -302,9 +314,13 @@ class IOLoop:
                 except (OSError, ValueError):  # the loop has ended: nothing to watch for
                     pass
 
-    def start(self, on_stop: Callable[[], None] | None = None) -> None:
-        """Start the thread; ``on_stop`` runs on it last, to close the sockets."""
+    def start(
+        self, on_stop: Callable[[], None] | None = None, on_fail: Callable[[BaseException], None] | None = None
+    ) -> None:
+        """Start the thread; ``on_stop`` runs on it last, to close the sockets. If the thread fails
+        (anything escapes the loop), ``on_fail(exc)`` runs on it first, to close the node."""
         self._on_stop = on_stop
+        self._on_fail = on_fail
         self._thread.start()
 
     # --- from any thread --------------------------------------------------------------
@@ -361,8 +377,15 @@ class IOLoop:
         try:
             while not self._stopping:
                 self._run_once()
-        except Exception:  # a bug in zprokit; say so loudly rather than hang callers
-            log.exception("%s: I/O loop crashed", self.name)
+        except BaseException as e:  # a bug in zprokit (user code never runs bare here): no half-alive node
+            self._stopping = True
+            self.failure = e
+            log.critical("%s: the I/O thread failed; its node is closed", self.name, exc_info=e)
+            if self._on_fail is not None:
+                try:
+                    self._on_fail(e)
+                except BaseException:
+                    log.exception("%s: error while failing the node", self.name)
         finally:
             self._stopping = True
             try:
@@ -381,7 +404,8 @@ class IOLoop:
             timeout = 0.0
         elif self._timers:
             self._wait_until = self._timers[0][0]
-            timeout = max(0.0, self._wait_until - time.monotonic())  # epoll rounds up to whole ms
+            # epoll rounds up to whole ms, and takes at most an int of them: a far timer is waited for in steps
+            timeout = min(MAX_WAIT, max(0.0, self._wait_until - time.monotonic()))
         ready = {fd for fd, _ in self._poller.poll(timeout)}
         self._wait_until = 0.0
         woken = self._waker.fd in ready
@@ -441,7 +465,9 @@ class IOLoop:
         self._more = True
 
     def _guarded(self, fn: Callable[[], None]) -> None:
-        # One faulty call must not take the node's sockets down with it.
+        # One faulty call must not take the node's sockets down with it. Anything that is not an
+        # Exception (SystemExit ...) does: the loop fails and closes its node (see _run). User code
+        # never gets here unguarded: call_handler turns whatever it raises into an answer.
         try:
             fn()
         except Exception:

@@ -13,7 +13,11 @@ Everything zprokit raises on purpose derives from one base class::
      ├── AuthenticationError   the peer could not verify us, or we it (wrong key)
      ├── ProtocolError         bytes that are not a zprokit message
      ├── QueueFull             the peer's queue is at its high-water mark: back off
-     └── Closed                this node was closed by its owner
+     ├── MessageTooLarge       over the receiver's size limit: refused before sending
+     │                         (also a ValueError)
+     └── Closed                this node is closed: by its owner, by a failure of
+                               its I/O thread (``close_reason``), or it belongs to
+                               the parent of a forked process
 
 "The peer broke it" (`PeerLost`) is kept apart from "you closed it"
 (`Closed`), as trio does: the first is something to retry, the second a bug
@@ -33,6 +37,7 @@ __all__ = [
     "AuthenticationError",
     "ProtocolError",
     "QueueFull",
+    "MessageTooLarge",
     "Closed",
 ]
 
@@ -134,5 +139,27 @@ class QueueFull(ZprokitError):
         super().__init__(message or f"the queue to {peer!r} is full: it is not keeping up; nothing was sent")
 
 
+class MessageTooLarge(ZprokitError, ValueError):
+    """A message is larger than its receiver reads (its ``max_payload``): refused before it is sent.
+
+    Attributes: ``size`` (bytes on the wire), ``limit`` (the receiver's), ``peer`` (its name).
+    """
+
+    def __init__(self, size: int, limit: int, peer: str, message: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        self.peer = peer
+        super().__init__(message or f"a message of {size} bytes is over {peer!r}'s limit of {limit} bytes "
+                                    f"(its max_payload); nothing was sent")
+
+    def __reduce__(self):  # keep all attributes across pickling
+        return (type(self), (self.size, self.limit, self.peer, str(self)))
+
+
 class Closed(ZprokitError):
-    """The node was closed by its owner; nothing more can be sent or awaited on it."""
+    """The node is closed; nothing more can be sent or awaited on it.
+
+    By its owner (``close()``), or because its I/O thread failed (then the
+    node's ``close_reason`` is the cause, and this error is chained to it), or
+    because the node was made before a ``fork()`` and this is the child.
+    """

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 import secrets
 import threading
@@ -47,15 +48,34 @@ import zmq
 
 from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
-from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
+from ._common import (
+    DEFAULT_TIMEOUT,
+    MAIN_NAME,
+    PendingRequests,
+    check_channel,
+    check_forked,
+    check_liveness,
+    check_timeout,
+    fail,
+    fork_generation,
+    short,
+)
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket
-from .errors import Closed, QueueFull, NoHandler, PeerLost, Timeout, WindowNotFound
+from .errors import Closed, MessageTooLarge, QueueFull, NoHandler, PeerLost, Timeout, WindowNotFound
 from .events import Event, WindowInfo
 from .protocol import Header, Kind, Rejected
 from ._ratelimit import RateLimitedLog
-from .security import REJECTION_REASONS, CurveServer, ZapHandler, check_window_name, resolve_key, user_id
+from .security import (
+    REJECTION_REASONS,
+    CurveServer,
+    ZapHandler,
+    check_window_name,
+    normalize_name,
+    resolve_key,
+    user_id,
+)
 from .serializers import Serializer, get_serializer
 
 log = logging.getLogger(__name__)
@@ -76,6 +96,7 @@ class _Window:
     # merely connect from taking the window's route over (ROUTER_HANDOVER gives a routing id
     # to whoever claims it last).
     ident: bytes = b""
+    max_size: int | None = None  # the largest message it reads (its max_payload, from HELLO)
 
 
 @dataclass
@@ -92,6 +113,15 @@ class _Route:
     source: str
     source_msg_id: int
     target: str
+
+
+class _Serving:
+    """A window's request waiting in the handler pool; ``cancelled`` once its caller gave up."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
 
 
 class Main:
@@ -163,12 +193,9 @@ class Main:
                 raise ValueError(f"{what} must be a positive number of bytes, got {limit!r}")
         self.max_payload = max_payload
         self._max_size = min((n for n in (max_payload, max_message_size) if n is not None), default=None)
-        self.heartbeat = check_timeout(heartbeat)
-        if liveness < 1:
-            raise ValueError("liveness must be at least 1 heartbeat")
-        self.liveness = int(liveness)
+        self.heartbeat, self.liveness = check_liveness(heartbeat, liveness)
         self.key = resolve_key(key, key_file=key_file, endpoint=endpoint, role="main", curve_server_key=self.curve_public_key)
-        self.request_timeout = check_timeout(request_timeout)
+        self.request_timeout = check_timeout(request_timeout, "request_timeout")
         self.serializer = get_serializer(serializer)
         self.max_message_size = max_message_size
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
@@ -185,6 +212,14 @@ class Main:
                 # Bound before the sockets: with no ZAP handler, libzmq lets every CURVE client in.
                 self._zap = ZapHandler(self._ctx, self._curve.names, self._on_zap_denied)
                 self._zap.start()
+            # Broadcasts are never dropped at the high-water mark: broadcast() waits for room and
+            # tells its caller (QueueFull) when there is none. A window's host that vanished
+            # without a word would hold its queue full until TCP gave up, for ever with the
+            # defaults: keepalives and a retransmission limit end such a connection within
+            # about a liveness period (see _tcp_limits).
+            self._pub.setsockopt(zmq.XPUB_NODROP, 1)
+            for option, value in _tcp_limits(self.heartbeat, self.liveness):
+                self._pub.setsockopt(option, value)
             for sock in (self._router, self._pub):
                 sock.setsockopt(zmq.LINGER, self._linger_ms)
                 if max_message_size is not None:
@@ -213,10 +248,15 @@ class Main:
         self._reservations: dict[str, _Reservation] = {}
         self._subscriptions: set[bytes] = set()
         self._awaiting_sub: dict[bytes, str] = {}
-        self._routes: dict[int, _Route] = {}
+        self._routes: dict[int, _Route] = {}  # window -> window requests in flight, by our msg_id
+        self._route_ids: dict[tuple[str, int], int] = {}  # (source, its msg_id) -> our msg_id
+        # Requests of windows waiting in the pool, so a caller that gives up (CANCEL) stops them
+        # before they start; gone once they start (loop adds and cancels, a worker pops).
+        self._serving: dict[tuple[str, int], _Serving] = {}
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
-        self._bseq = itertools.count(1)
+        self._bseq = 1  # the next broadcast's number (under the PUB socket's lock)
+        self._stats_pub: Counter[str] = Counter()  # counted under the PUB socket's lock
         self._ids = itertools.count(1)
         self._stats: Counter[str] = Counter()  # counted on the loop thread, or under the router's lock
         self._batching = False  # the loop is working through a batch of messages (see _answer)
@@ -234,7 +274,10 @@ class Main:
         self._window_waiters: dict[str, list[threading.Event]] = {}
         self._processes: list[Any] = []
         self._closed = False
+        self._shut = False  # close() has run (or runs): threads stopped, context ended
         self._close_lock = threading.Lock()
+        self.close_reason: BaseException | None = None  # why the main closed, if not by close()
+        self._born, self._pid = fork_generation(), os.getpid()
 
         # Built-in channels for the command-line tools; answered inline, they never wait.
         self._handlers[SYSTEM_PREFIX + "ping"] = (lambda event, args: args, True)
@@ -242,7 +285,7 @@ class Main:
 
         self._dispatch = Dispatcher(f"zprokit-main-{os.getpid()}", workers)
         self._loop = IOLoop(f"zprokit-main-io-{os.getpid()}")
-        self._pending = PendingRequests(self._loop)
+        self._pending = PendingRequests(self._loop, self._on_expired)
         # Any thread sends (numbering and signing under the socket's lock); the loop reads.
         self._router_s = SharedSocket(self._router, self._loop)
         self._pub_s = SharedSocket(self._pub, self._loop)
@@ -254,8 +297,9 @@ class Main:
         self._loop.add_socket(self._monitor, self._on_monitor)
         if self._zap is not None:
             self._loop.add_socket(self._zap.zap_socket, self._zap.on_readable)
-        self._loop.start(on_stop=self._close_sockets)
+        self._loop.start(on_stop=self._close_sockets, on_fail=self._on_loop_failed)
         self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._check_liveness))
+        self._loop.call_soon(self._publish_heartbeat)
         log.info("main listening on %s (broadcasts on %s)", self.endpoint, self.pub_endpoint)
 
     # ------------------------------------------------------------------ handlers
@@ -313,9 +357,13 @@ class Main:
         """
         self._check_open()
         check_channel(channel)
-        if name not in self._windows:
+        name = normalize_name(name)
+        window = self._windows.get(name)
+        if window is None:
             raise WindowNotFound(name)
-        if not self._send_to(name, Kind.MESSAGE, 0, channel, self.serializer.dumps(msg), origin="", raise_full=True):
+        payload = self.serializer.dumps(msg)
+        self._check_size(window, payload, channel)
+        if not self._send_to(name, Kind.MESSAGE, 0, channel, payload, origin="", raise_full=True):
             raise WindowNotFound(name)
 
     def main_call_render(
@@ -330,17 +378,20 @@ class Main:
         """
         self._check_open()
         check_channel(channel)
-        if name not in self._windows:
+        name = normalize_name(name)
+        window = self._windows.get(name)
+        if window is None:
             raise WindowNotFound(name)
-        payload = self.serializer.dumps(msg)
         timeout = self.request_timeout if timeout is None else check_timeout(timeout)
+        payload = self.serializer.dumps(msg)
+        self._check_size(window, payload, channel)
         future = ReplyFuture(f"main_call_render({name!r}, channel={channel!r})")
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
         self._pending.add(msg_id, future, timeout, target=name)
         try:
             sent = self._send_to(name, Kind.REQUEST, msg_id, channel, payload, origin="", raise_full=True)
-        except QueueFull:
+        except BaseException:  # QueueFull, or anything else: no entry is left behind
             self._pending.pop(msg_id)
             raise
         if not sent:
@@ -348,26 +399,65 @@ class Main:
             raise WindowNotFound(name)
         return future
 
-    def broadcast(self, msg: Any, *, topic: str = "") -> None:
-        """Publish ``msg`` to every window whose ``on_broadcast`` topic is a prefix of ``topic``."""
+    def _check_size(self, window: _Window, payload: Any, channel: str, origin: str = "") -> None:
+        """Raise ``MessageTooLarge`` if ``payload`` is over what ``window`` announced it reads."""
+        if window.max_size is not None:
+            size = protocol.wire_size(payload, origin, window.info.name, channel)
+            if size > window.max_size:
+                raise MessageTooLarge(size, window.max_size, window.info.name)
+
+    def broadcast(self, msg: Any, *, topic: str = "", timeout: float | None = None) -> None:
+        """Publish ``msg`` to every window whose ``on_broadcast`` topic is a prefix of ``topic``.
+
+        Nothing is dropped: a window that does not keep up holds broadcasts back
+        (the PUB socket is ``XPUB_NODROP``), so this waits until every
+        subscribed window's queue has room, at most ``timeout`` s (default
+        ``request_timeout``), then raises ``QueueFull`` (counted in
+        ``stats()["broadcasts_refused"]``; nothing was sent). Raises
+        ``Closed`` after ``close()``.
+        """
         self._check_open()
         check_channel(topic, what="topic")
+        limit = self.request_timeout if timeout is None else check_timeout(timeout)
         payload = self.serializer.dumps(msg)
-        with self._pub_s.lock:
-            header = Header(Kind.BROADCAST, 0, next(self._bseq), self.session, protocol.NO_SESSION, "", "", topic)
-            frames = protocol.pack(self._signer, header, payload, topic=protocol.BROADCAST_PREFIX + topic.encode())
-            self._pub_s.send_locked(frames)
-            self._broadcasts += 1
+        wire_topic = protocol.BROADCAST_PREFIX + topic.encode()
+        pub = self._pub_s
+        deadline = math.inf
+        while True:
+            with pub.lock:
+                header = Header(Kind.BROADCAST, 0, self._bseq, self.session, protocol.NO_SESSION, "", "", topic)
+                frames = protocol.pack(self._signer, header, payload, topic=wire_topic)
+                try:
+                    pub.send_locked(frames)
+                except zmq.Again:
+                    pass  # a subscriber's queue is full: wait for room, below
+                except zmq.ZMQError as e:
+                    raise Closed("this main is closed") from e
+                else:
+                    self._bseq += 1  # numbered only once sent: the numbers a window sees have no gaps
+                    self._broadcasts += 1
+                    return
+            now = time.monotonic()
+            if deadline == math.inf:
+                deadline = now + limit
+            if now >= deadline:
+                with pub.lock:
+                    self._stats_pub["broadcasts_refused"] += 1
+                raise QueueFull("a window", f"a window has not read broadcasts for {limit} s: its queue is full; "
+                                            f"nothing was sent (broadcast(timeout=...) waits longer)")
+            # The socket's descriptor signals when its state may have changed (a queue drained);
+            # a short cap covers a signal the I/O thread consumed first.
+            pub.wait_ready(min(deadline - now, 0.01))
 
     # ------------------------------------------------------------------ registry
 
     def get_window(self, name: str) -> WindowInfo | None:
         """The ``WindowInfo`` of connected window ``name``, or ``None``."""
-        w = self._windows.get(name)
+        w = self._windows.get(normalize_name(name))
         return w.info if w else None
 
     def has_window(self, name: str) -> bool:
-        return name in self._windows
+        return normalize_name(name) in self._windows
 
     def get_all_windows(self) -> list[WindowInfo]:
         """Every connected window, in the order they registered."""
@@ -375,6 +465,7 @@ class Main:
 
     def wait_for_window(self, name: str, timeout: float = 10.0) -> WindowInfo:
         """Block until window ``name`` is connected; raises ``Timeout`` after ``timeout`` s."""
+        name = normalize_name(name)
         event = threading.Event()
         self._window_waiters.setdefault(name, []).append(event)
         try:
@@ -395,6 +486,7 @@ class Main:
         Returns True if a connected window or a created process had that name.
         """
         self._check_open()
+        name = normalize_name(name)
         found = False
         if name in self._windows:
             found = True
@@ -430,8 +522,12 @@ class Main:
         }
         stats.update(self._stats)
         stats["broadcasts"] = self._broadcasts
+        stats.update(self._stats_pub)
         stats["messages_out"] += self._broadcasts
         stats["windows"] = len(self._windows)
+        stats["pending_requests"] = len(self._pending)  # main_call_render calls awaiting an answer
+        stats["pending_routes"] = len(self._routes)  # window -> window requests being carried
+        stats["requests_queued"] = len(self._serving)  # windows' requests waiting for the handler pool
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
         return stats
 
@@ -449,11 +545,17 @@ class Main:
         return self._closed
 
     def close(self, *, grace: float = 3.0) -> None:
-        """Say goodbye to every window, end created processes, stop the threads. Idempotent."""
+        """Say goodbye to every window, end created processes, stop the threads. Idempotent.
+
+        In a child forked after this main was made, it only marks the main closed here:
+        the sockets, threads and processes are the parent's.
+        """
         with self._close_lock:
-            if self._closed:
+            if self._shut:
                 return
-            self._closed = True
+            self._shut = self._closed = True
+        if fork_generation() != self._born:
+            return
         if self._loop.alive:
             self._loop.call_soon(self._say_goodbye)
         for proc in self._processes:
@@ -475,8 +577,26 @@ class Main:
         return f"<zprokit.Main {self.endpoint} {state}>"
 
     def _check_open(self) -> None:
+        check_forked(self._born, "this main", self._pid)
         if self._closed:
-            raise Closed("this main is closed")
+            reason = self.close_reason
+            raise Closed(f"this main is closed{f': {reason!r}' if reason else ''}") from reason
+
+    def _on_loop_failed(self, exc: BaseException) -> None:
+        """The I/O thread failed (on it): the main becomes closed, never half-alive."""
+        with self._close_lock:
+            self._closed = True
+            if self.close_reason is None:
+                self.close_reason = exc
+
+        def closed_error(future: ReplyFuture) -> BaseException:
+            error = Closed(f"{future.description}: the main's I/O thread failed: {exc!r}")
+            error.__cause__ = exc
+            return error
+
+        self._pending.fail_all(closed_error)
+        # The rest of close() (the pool, created processes, the context) from a thread of its own.
+        threading.Thread(target=self.close, name="zprokit-main-close", daemon=True).start()
 
     # ================================================================== I/O thread
 
@@ -642,8 +762,9 @@ class Main:
     def _on_hello(self, ident: bytes, msg: protocol.Message, holder_answered: bool = False) -> None:
         h = msg.header
         body = protocol.decode_body(msg.payload)
-        name = body.get("name")
+        name = normalize_name(body.get("name"))
         _int_field(body, "pid")  # checked now: a bad one must not fail later, in REGISTER
+        _size_field(body, "max_payload")
         now = time.monotonic()
 
         def refuse(reason: str, message: str) -> None:
@@ -680,7 +801,10 @@ class Main:
         nonce = secrets.token_hex(16)  # also the secret half of the window's routing id
         self._reservations[name] = _Reservation(nonce, now + _reservation_ttl(body), body)
         welcome = Header(Kind.WELCOME, h.msg_id, 0, self.session, h.session, MAIN_NAME, name)
-        reply_body = {"nonce": nonce, "pub": self.pub_endpoint, "serializer": self.serializer.name}
+        # max_payload: the largest message we read, so the window refuses a larger one before
+        # sending it (with an error that says so) instead of waiting out its timeout.
+        reply_body = {"nonce": nonce, "pub": self.pub_endpoint, "serializer": self.serializer.name,
+                      "max_payload": self._max_size}
         self._sign_and_send(ident, welcome, [protocol.encode_body(reply_body)])
 
     def _settle_contest(self, name: str) -> None:
@@ -699,7 +823,7 @@ class Main:
 
     def _hello_authenticated(self, ident: bytes, msg: protocol.Message, who: str | None) -> bool:
         """Under CURVE: a HELLO may only ask for the name its key is listed for."""
-        name = protocol.decode_body(msg.payload).get("name")
+        name = normalize_name(protocol.decode_body(msg.payload).get("name"))
         if who is not None and name == who:
             return True
         self._reject("unauthenticated", f"HELLO for {name!r} from a CURVE key allowed as {who!r}")
@@ -732,7 +856,8 @@ class Main:
             serializer=self.serializer.name,
             session=h.session.hex(),
         )
-        self._joining[name] = _Window(info, h.session, time.monotonic(), ident=ident)
+        self._joining[name] = _Window(info, h.session, time.monotonic(), ident=ident,
+                                      max_size=_size_field(hello, "max_payload"))
         topic = protocol.CONTROL_PREFIX + f"{name}\0{held.nonce}".encode()
         if topic in self._subscriptions:
             self._complete_registration(name)
@@ -766,6 +891,21 @@ class Main:
         for name in [n for n, r in self._reservations.items() if r.expires < now]:
             del self._reservations[name]
 
+    def _publish_heartbeat(self) -> None:
+        """Every heartbeat, a PING on the PUB (topic ``H``), numbered with the broadcasts: the
+        broadcast link is watched too, and a window whose SUB connection died silently (a
+        firewall, a NAT) hears nothing for a while, and dials again (see ``Window._tick``)."""
+        if self._closed:
+            return
+        self._loop.call_later(self.heartbeat, self._publish_heartbeat)
+        with self._pub_s.lock:
+            header = Header(Kind.PING, 0, self._bseq, self.session, protocol.NO_SESSION)
+            try:
+                self._pub_s.send_locked(protocol.pack(self._signer, header, (), topic=protocol.HEARTBEAT_TOPIC))
+            except zmq.ZMQError:  # a full subscriber queue: a window that is busy reading is not deaf
+                return
+            self._bseq += 1
+
     def _drop_window(self, name: str, reason: str) -> None:
         """Remove ``name`` from the registry, failing everything pending on it."""
         window = self._windows.pop(name, None)
@@ -778,10 +918,12 @@ class Main:
         self._pending.fail_all(lambda future: lost, target=name)
         for msg_id, route in list(self._routes.items()):
             if route.target == name:
-                del self._routes[msg_id]
+                self._pop_route(msg_id)
                 self._send_error(route.source, route.source_msg_id, lost)
             elif route.source == name:
-                del self._routes[msg_id]
+                self._pop_route(msg_id)
+        for key in [k for k in self._serving if k[0] == name]:  # nobody to answer: do not start them
+            self._serving.pop(key).cancelled = True
         log.info("window %r disconnected (%s)", name, reason)
         for cb in self._disconnected_cbs.get(None):
             self._dispatch.submit(lambda cb=cb: cb(window.info), lane="presence")
@@ -806,7 +948,8 @@ class Main:
         """Run ``handler`` for request ``msg_id`` of window ``name`` and answer it: here, on the
         I/O thread, if ``inline``; otherwise on the pool, which answers from there."""
         if not inline:
-            self._dispatch.submit(functools.partial(self._serve, name, handler, True, channel, msg_id, payload))
+            serving = self._serving[(name, msg_id)] = _Serving()
+            self._dispatch.submit(functools.partial(self._serve_queued, serving, name, handler, channel, msg_id, payload))
             return
         done = self._answerer(name, msg_id)
         try:
@@ -816,6 +959,17 @@ class Main:
             return
         call_handler(self._dispatch, handler, (Event(name, channel, "request", None, MAIN_NAME), args), done)
 
+    def _serve_queued(
+        self, serving: _Serving, name: str, handler: Callable[..., Any], channel: str, msg_id: int, payload: Any
+    ) -> None:
+        """``_serve`` on the pool, unless the caller gave up while the request waited (CANCEL)."""
+        self._serving.pop((name, msg_id), None)  # one step: the loop may pop it for a CANCEL meanwhile
+        if serving.cancelled:
+            with self._router_s.lock:  # the counters are the loop's and the senders' (see _sign_and_send)
+                self._stats["cancelled_before_start"] += 1
+            return
+        self._serve(name, handler, True, channel, msg_id, payload)
+
     def _answerer(self, name: str, msg_id: int) -> Callable[[Any, BaseException | None], None]:
         """The ``done(result, exc)`` that answers request ``msg_id`` of window ``name``."""
 
@@ -823,7 +977,10 @@ class Main:
             if exc is None:
                 try:
                     reply = self.serializer.dumps(result)
-                except Exception as e:  # an unpicklable return value is the handler's error
+                    window = self._windows.get(name)
+                    if window is not None:
+                        self._check_size(window, reply, "")
+                except Exception as e:  # an unpicklable or oversized return value is the handler's error
                     exc = e
             if exc is not None:
                 self._answer_error(name, msg_id, exc)
@@ -908,8 +1065,15 @@ class Main:
     def _route(self, source: str, msg: protocol.Message) -> None:
         """Forward a window's MESSAGE or REQUEST to its target window, payload untouched."""
         h = msg.header
-        if h.target not in self._windows:
+        target = self._windows.get(normalize_name(h.target))
+        if target is None:
             self._send_error(source, h.msg_id, WindowNotFound(h.target))
+            return
+        h.target = target.info.name
+        try:
+            self._check_size(target, msg.payload, h.channel, source)
+        except MessageTooLarge as e:
+            self._send_error(source, h.msg_id, e)
             return
         if h.kind == Kind.MESSAGE:
             try:
@@ -925,23 +1089,49 @@ class Main:
             return
         msg_id = next(self._ids)
         self._routes[msg_id] = _Route(source, h.msg_id, h.target)
+        self._route_ids[(source, h.msg_id)] = msg_id
         try:
             sent = self._send_to(h.target, Kind.REQUEST, msg_id, h.channel, msg.payload, origin=source, raise_full=True)
         except QueueFull as e:
-            del self._routes[msg_id]
+            self._pop_route(msg_id)
             self._send_error(source, h.msg_id, e)
             return
         if sent:
             self._stats["messages_routed"] += 1
         else:
-            del self._routes[msg_id]
+            self._pop_route(msg_id)
             self._send_error(source, h.msg_id, WindowNotFound(h.target))
+
+    def _pop_route(self, msg_id: int) -> _Route | None:
+        """Forget the routed request ``msg_id`` (answered, cancelled, or an end gone)."""
+        route = self._routes.pop(msg_id, None)
+        if route is not None:
+            self._route_ids.pop((route.source, route.source_msg_id), None)
+        return route
+
+    def _on_cancel(self, name: str, msg: protocol.Message) -> None:
+        """Window ``name`` gave up on its request ``msg_id``: not started, it never will be."""
+        h = msg.header
+        if h.target:  # routed: forget the route, and tell the window that has it
+            msg_id = self._route_ids.get((name, h.msg_id))
+            route = None if msg_id is None else self._pop_route(msg_id)
+            if route is not None:
+                self._send_to(route.target, Kind.CANCEL, msg_id, "", (), origin=name)
+            return
+        serving = self._serving.pop((name, h.msg_id), None)
+        if serving is not None:
+            serving.cancelled = True
+
+    def _on_expired(self, msg_id: int, target: str | None) -> None:
+        """Our ``main_call_render`` ``msg_id`` timed out: tell the window, so it does not start it late."""
+        if target is not None:
+            self._send_to(target, Kind.CANCEL, msg_id, "", (), origin="")
 
     def _on_reply(self, name: str, msg: protocol.Message) -> None:
         h = msg.header
         route = self._routes.get(h.msg_id)
         if route is not None and route.target == name:
-            del self._routes[h.msg_id]
+            self._pop_route(h.msg_id)
             self._send_to(route.source, h.kind, route.source_msg_id, "", msg.payload, origin=name)
             return
         pending = self._pending.pop(h.msg_id)
@@ -978,6 +1168,7 @@ class Main:
         Kind.BYE: _on_bye,
         Kind.PING: _on_ping,
         Kind.PONG: _on_pong,
+        Kind.CANCEL: _on_cancel,
     }
 
     # --- sending (any thread) ------------------------------------------------------
@@ -1090,6 +1281,27 @@ def _int_field(body: dict[str, Any], key: str) -> int:
     value = body.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool):
         raise Rejected("malformed", f"{key} is not an integer")
+    return value
+
+
+def _tcp_limits(heartbeat: float, liveness: int) -> list[tuple[int, int]]:
+    """TCP options that end a dead peer's connection in about ``heartbeat * liveness`` s
+    (at least a few): keepalive probes while it is idle, and a limit on retransmissions
+    (``TCP_USER_TIMEOUT``) while data waits for it."""
+    silent = max(2, math.ceil(heartbeat * liveness))
+    return [
+        (zmq.TCP_KEEPALIVE, 1),
+        (zmq.TCP_KEEPALIVE_IDLE, silent),
+        (zmq.TCP_KEEPALIVE_INTVL, max(1, math.ceil(heartbeat))),
+        (zmq.TCP_KEEPALIVE_CNT, liveness),
+        (zmq.TCP_MAXRT, silent * 1000),
+    ]
+
+
+def _size_field(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise Rejected("malformed", f"{key} is not a positive integer")
     return value
 
 

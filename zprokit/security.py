@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -234,6 +235,17 @@ def _public_of(secret: bytes, public: bytes | str | None, what: str) -> bytes:
     return derived
 
 
+# A window's routing id is b"name\0" + a 32-character nonce, and ZeroMQ allows 255 bytes.
+MAX_NAME_BYTES = 255 - 1 - 32
+
+
+def normalize_name(name: Any) -> Any:
+    """``name`` in Unicode normal form NFC, so "café" typed either way is one window; a non-str as it is."""
+    if isinstance(name, str) and not name.isascii():
+        return unicodedata.normalize("NFC", name)
+    return name
+
+
 def check_window_name(name: Any) -> str | None:
     """Why ``name`` cannot be a window's name, or None if it can."""
     if not isinstance(name, str) or not name:
@@ -242,8 +254,12 @@ def check_window_name(name: Any) -> str | None:
         return f"{MAIN_NAME!r} is the main's name"
     if "\0" in name:
         return "a window name cannot contain NUL"
-    if len(name.encode()) > 255:
-        return "a window name is at most 255 bytes of UTF-8"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "a window name must be valid Unicode (no lone surrogates)"
+    if size > MAX_NAME_BYTES:
+        return f"a window name is at most {MAX_NAME_BYTES} bytes of UTF-8 (this one is {size})"
     return None
 
 

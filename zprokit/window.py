@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import itertools
 import logging
+import math
 import os
 import random
 import secrets
@@ -29,12 +30,35 @@ from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket, recv_message
-from .errors import AuthenticationError, Closed, NameInUse, NoHandler, PeerLost, ProtocolError, QueueFull, Timeout
+from .errors import (
+    AuthenticationError,
+    Closed,
+    MessageTooLarge,
+    NameInUse,
+    NoHandler,
+    PeerLost,
+    ProtocolError,
+    QueueFull,
+    Timeout,
+)
 from .events import Event
-from ._common import DEFAULT_TIMEOUT, MAIN_NAME, PendingRequests, check_channel, check_timeout, fail
+from ._common import (
+    DEFAULT_TIMEOUT,
+    MAIN_NAME,
+    MAX_WAIT,
+    PendingRequests,
+    check_channel,
+    check_forked,
+    check_interval,
+    check_liveness,
+    check_timeout,
+    fail,
+    fork_generation,
+    short,
+)
 from .protocol import Header, Kind, Rejected
 from ._ratelimit import RateLimitedLog
-from .security import REJECTION_REASONS, CurveClient, check_window_name, resolve_key
+from .security import REJECTION_REASONS, CurveClient, check_window_name, normalize_name, resolve_key
 from .serializers import Serializer, get_serializer
 
 log = logging.getLogger(__name__)
@@ -60,7 +84,13 @@ class Window:
     checked if given), ``timeout`` for the handshake, ``request_timeout`` the
     default for requests, ``workers`` the callback pool's size,
     ``serializer`` (must match the main's), ``exit_with_main``: close this
-    window when the main says goodbye (windows made by ``create_window`` do).
+    window when the main says goodbye (windows made by ``create_window`` do),
+    ``max_payload``: the largest message (in bytes on the wire) this window
+    reads; the main is told in the handshake and refuses larger ones with
+    ``MessageTooLarge`` before sending. The main's own limit comes back the
+    same way: a request or message over it fails at once with
+    ``MessageTooLarge``, never with a timeout. Timeouts may be ``None`` or
+    ``math.inf`` (no limit); ``heartbeat`` and ``liveness`` must be finite.
 
     Liveness: the window pings the main whenever it has been quiet for
     ``heartbeat`` seconds and declares it lost after ``heartbeat * liveness``
@@ -100,8 +130,9 @@ class Window:
         curve_secret_key: bytes | str | None = None,
         curve_public_key: bytes | str | None = None,
         curve_server_key: bytes | str | None = None,
+        max_payload: int | None = None,
     ) -> None:
-        name = name or os.environ.get("ZPROKIT_NAME")
+        name = normalize_name(name or os.environ.get("ZPROKIT_NAME"))
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT")
         if not name or not isinstance(name, str):
             raise ValueError("a window needs a name: pass name=... or set ZPROKIT_NAME")
@@ -109,7 +140,11 @@ class Window:
             raise ValueError(f"{MAIN_NAME!r} is the main's name; pick another")
         problem = check_window_name(name)
         if problem:
-            raise ValueError(f"{problem}: {name!r}")
+            raise ValueError(f"{problem}: {short(name)}")
+        if max_payload is not None and (not isinstance(max_payload, int) or isinstance(max_payload, bool)
+                                        or max_payload <= 0):
+            raise ValueError(f"max_payload must be a positive number of bytes, got {short(max_payload)}")
+        self.max_payload = max_payload
         if not endpoint:
             raise ValueError("a window needs the main's endpoint: pass endpoint=... or set ZPROKIT_ENDPOINT")
         self.name = name
@@ -119,16 +154,13 @@ class Window:
             key, key_file=key_file, role="window", curve_server_key=self._curve.server_key if self._curve else None
         )
         self.timeout = check_timeout(timeout)
-        self.request_timeout = check_timeout(request_timeout)
+        self.request_timeout = check_timeout(request_timeout, "request_timeout")
         self.serializer = get_serializer(serializer)
         self.exit_with_main = exit_with_main
-        self.heartbeat = check_timeout(heartbeat)
-        if liveness < 1:
-            raise ValueError("liveness must be at least 1 heartbeat")
-        self.liveness = int(liveness)
+        self.heartbeat, self.liveness = check_liveness(heartbeat, liveness)
         self.reconnect = reconnect
-        self.max_backoff = check_timeout(max_backoff)
-        self.give_up_after = None if give_up_after is None else check_timeout(give_up_after)
+        self.max_backoff = check_interval(max_backoff, "max_backoff")
+        self.give_up_after = None if give_up_after is None else check_timeout(give_up_after, "give_up_after")
         self.close_reason: BaseException | None = None
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
         self._signer = protocol.Signer(self.key)
@@ -141,7 +173,11 @@ class Window:
         self._dealer: SharedSocket | None = None  # any thread sends on it; the loop reads
         self._monitor: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
+        self._sub_topics: list[bytes] = []
+        self._sub_endpoint = ""
+        self._last_pub = 0.0  # when the SUB last brought anything (a broadcast, the main's heartbeat)
         self._main_session: bytes | None = None
+        self._main_max: int | None = None  # the largest message the main reads (from WELCOME)
         self._connected = False
         self._attempt = 0  # handshakes started; a timer of an earlier attempt is stale
         self._failures = 0  # reconnect attempts since the main was lost (backoff exponent)
@@ -152,7 +188,9 @@ class Window:
         self._ids = itertools.count(1)
         # The keys exist from the start: the loop and a reading caller both count, and `+= 1` on
         # an existing key of a dict is one step under the GIL, where a missing one calls __missing__.
-        self._stats: Counter[str] = Counter(messages_in=0, messages_out=0, unhandled=0, late_replies=0)
+        self._stats: Counter[str] = Counter(messages_in=0, messages_out=0, unhandled=0, late_replies=0,
+                                            broadcast_link_lost=0, callback_errors=0,
+                                            cancelled_before_start=0)
         # One-way deliveries made while the loop works through a batch, by lane: handed to the
         # pool as one job per lane when the batch ends (loop thread only; see _deliver).
         self._batching = False
@@ -170,14 +208,20 @@ class Window:
         self._closed = False
         self._closed_event = threading.Event()
         self._close_lock = threading.Lock()
+        self._shut = False  # close() has run (or runs)
+        self._born, self._pid = fork_generation(), os.getpid()
+        # Requests from the main or other windows waiting in the pool, by the main's msg_id, so a
+        # caller that gives up (CANCEL) stops them before they start (loop adds, a worker pops).
+        self._serving: dict[int, _Serving] = {}
+        self._errors_lock = threading.Lock()
 
         self._dispatch = Dispatcher(f"zprokit-{name}", workers)
         self._loop = IOLoop(f"zprokit-{name}-io")
-        self._pending = PendingRequests(self._loop)
-        self._loop.start(on_stop=self._close_sockets)
+        self._pending = PendingRequests(self._loop, self._on_expired)
+        self._loop.start(on_stop=self._close_sockets, on_fail=self._on_loop_failed)
         self._loop.call_soon(self._start_handshake)
         self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._tick))
-        if not self._ready.wait(self.timeout + 1.0) and self._handshake_error is None:
+        if not self._ready.wait(min(self.timeout + 1.0, threading.TIMEOUT_MAX)) and self._handshake_error is None:
             self._handshake_error = Timeout(f"no answer from the main at {endpoint} within {timeout} s")
         if self._handshake_error is not None:
             error = self._handshake_error
@@ -244,14 +288,14 @@ class Window:
         window, or raises ``WindowNotFound``: an unknown target is never
         dropped silently.
         """
-        _check_target(name)
+        name = _check_target(name)
         return self._request(Kind.MESSAGE, name, channel, msg, timeout, f"render_msg_to_render({name!r})")
 
     def render_call_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
     ) -> ReplyFuture:
         """Ask window ``name``; resolves to the return value of its first ``on_render_msg_to_render`` callback."""
-        _check_target(name)
+        name = _check_target(name)
         return self._request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
 
     def _request(
@@ -261,21 +305,38 @@ class Window:
         check_channel(channel)
         timeout = self.request_timeout if timeout is None else check_timeout(timeout)
         payload = self.serializer.dumps(msg)
+        self._check_size(payload, target, channel)
         future = ReplyFuture(description)
         future.set_running_or_notify_cancel()
         future._reader = self._read_for
         msg_id = next(self._ids)
         if self._connected:
-            future._deadline = self._pending.add(msg_id, future, timeout)
+            # What to CANCEL when it times out: the main's handler (""), or a window's (its name);
+            # a one-way message (None) has nothing to cancel.
+            cancel = target if kind == Kind.REQUEST else None
+            future._deadline = self._pending.add(msg_id, future, timeout, cancel)
             try:
                 if self._send(kind, msg_id, target, channel, payload, raise_full=True):
                     return future
-            except QueueFull:
+            except BaseException:  # QueueFull, or anything else: no entry is left behind
                 self._pending.pop(msg_id)
                 raise
             self._pending.pop(msg_id)
         fail(future, PeerLost(f"{description}: not connected to the main"))
         return future
+
+    def _check_size(self, payload: Any, target: str, channel: str) -> None:
+        """Raise ``MessageTooLarge`` if ``payload`` is over what the main reads (told in WELCOME)."""
+        limit = self._main_max
+        if limit is not None:
+            size = protocol.wire_size(payload, self.name, target, channel)
+            if size > limit:
+                raise MessageTooLarge(size, limit, MAIN_NAME)
+
+    def _on_expired(self, msg_id: int, target: str | None) -> None:
+        """A request timed out: tell its callee (through the main), which then does not start it."""
+        if target is not None:
+            self._send(Kind.CANCEL, msg_id, target, "", ())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -289,8 +350,10 @@ class Window:
         return self._connected and not self._closed
 
     def stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {"messages_in": 0, "messages_out": 0, "unhandled": 0}
+        stats: dict[str, Any] = {"messages_in": 0, "messages_out": 0, "unhandled": 0, "callback_errors": 0}
         stats.update(self._stats)
+        stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
+        stats["requests_queued"] = len(self._serving)  # calls to us waiting for the callback pool
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
         return stats
 
@@ -302,9 +365,12 @@ class Window:
     def close(self) -> None:
         """Tell the main goodbye, flush what was sent, stop every thread. Idempotent."""
         with self._close_lock:
-            if self._closed:
+            if self._shut:
                 return
-            self._closed = True
+            self._shut = self._closed = True
+        if fork_generation() != self._born:  # a forked child: the sockets and threads are the parent's
+            self._closed_event.set()
+            return
         if self._loop.alive:
             self._loop.call_soon(self._say_goodbye)
         stopped = self._loop.stop()
@@ -324,8 +390,29 @@ class Window:
         return f"<zprokit.Window {self.name!r} -> {self.endpoint}{' closed' if self._closed else ''}>"
 
     def _check_open(self) -> None:
+        check_forked(self._born, f"window {self.name!r}", self._pid)
         if self._closed:
-            raise Closed(f"window {self.name!r} is closed")
+            reason = self.close_reason
+            raise Closed(f"window {self.name!r} is closed{f': {reason!r}' if reason else ''}") from reason
+
+    def _on_loop_failed(self, exc: BaseException) -> None:
+        """The I/O thread failed (on it): the window becomes closed, never half-alive."""
+        with self._close_lock:
+            self._closed = True
+            if self.close_reason is None:
+                self.close_reason = exc
+        self._connected = False
+
+        def closed_error(future: ReplyFuture) -> BaseException:
+            error = Closed(f"{future.description}: window {self.name!r}'s I/O thread failed: {exc!r}")
+            error.__cause__ = exc
+            return error
+
+        self._pending.fail_all(closed_error)
+        if not self._ready.is_set():  # the constructor waits: it raises this
+            self._handshake_error = closed_error(ReplyFuture("the handshake"))
+            self._ready.set()
+        threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
 
     # ================================================================== I/O thread
 
@@ -355,12 +442,15 @@ class Window:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "serializer": self.serializer.name,
-            "timeout": self.timeout,
+            "timeout": min(self.timeout, MAX_WAIT),  # JSON has no infinity
+            "max_payload": self.max_payload,
         }
         header = Header(Kind.HELLO, 0, next(self._seq), self.session, protocol.NO_SESSION, self.name)
         probe.send_multipart(protocol.pack(self._signer, header, [protocol.encode_body(hello)]))
         attempt = self._attempt
         limit = self.timeout if not self._ready.is_set() else min(self.timeout, 2 * self.heartbeat * self.liveness)
+        if limit == math.inf:  # no limit: no timer
+            return
         self._loop.call_later(limit, lambda: self._handshake_timed_out(attempt, limit))
 
     def _handshake_timed_out(self, attempt: int, limit: float) -> None:
@@ -432,6 +522,8 @@ class Window:
             self._fail_handshake(ProtocolError(f"unexpected {h.kind.name} during the handshake"))
             return
         self._main_session = h.session
+        max_payload = body.get("max_payload")
+        self._main_max = max_payload if isinstance(max_payload, int) and max_payload > 0 else None
         self._guard.new_session(MAIN_NAME, h.session, h.seq)
         nonce = str(body["nonce"])
         dealer = self._ctx.socket(zmq.DEALER)
@@ -442,10 +534,14 @@ class Window:
                 self._curve.apply(sock)
         # The nonce makes the routing id one that nobody else can claim (see zprokit.main).
         dealer.setsockopt(zmq.ROUTING_ID, f"{self.name}\0{nonce}".encode())
-        sub.setsockopt(zmq.SUBSCRIBE, protocol.BROADCAST_PREFIX)
-        # Subscribed last: when the main sees this one, the broadcast subscription is in force too.
-        sub.setsockopt(zmq.SUBSCRIBE, protocol.CONTROL_PREFIX + f"{self.name}\0{nonce}".encode())
-        sub.connect(_pub_endpoint(self.endpoint, str(body["pub"])))
+        self._sub_topics = [
+            protocol.BROADCAST_PREFIX,
+            protocol.HEARTBEAT_TOPIC,
+            # Subscribed last: when the main sees this one, the broadcast subscription is in force too.
+            protocol.CONTROL_PREFIX + f"{self.name}\0{nonce}".encode(),
+        ]
+        self._sub_endpoint = _pub_endpoint(self.endpoint, str(body["pub"]))
+        self._connect_sub(sub)
         dealer.connect(self.endpoint)
         # The main's connection closing (its process died or restarted) is known at
         # once here; heartbeats cover links that die without a word.
@@ -464,6 +560,39 @@ class Window:
             return
         self._lose_main("its connection closed")
 
+    def _connect_sub(self, sub: zmq.Socket) -> None:
+        for topic in self._sub_topics:
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(self._sub_endpoint)
+        self._last_pub = time.monotonic()
+
+    def _check_sub(self, now: float) -> None:
+        """The broadcast link: the main publishes a heartbeat; silent for ``heartbeat * liveness``
+        (its connection dropped without a word: a firewall, a NAT), the SUB dials again.
+
+        Our pings travel on the DEALER, and ZeroMQ's own ZMTP heartbeats on the PUB/SUB pair
+        close a connection whose reader lags (its PONG waits behind the data), dropping
+        broadcasts, so the link is watched here, where a lagging reader shows as input waiting.
+        """
+        sub = self._sub
+        if sub is None or now - self._last_pub <= self.heartbeat * self.liveness:
+            return
+        if zmq.zmq_poll([(sub, _POLLIN)], 0):  # unread input: the link is alive, we are behind
+            self._last_pub = now
+            return
+        self._stats["broadcast_link_lost"] += 1
+        self._warn.warning("broadcast_link_lost", "window %r: the broadcast link to the main closed "
+                           "(no heartbeat for %.1f s); dialling again (broadcasts sent meanwhile are missed)",
+                           self.name, now - self._last_pub)
+        self._loop.remove_socket(sub)
+        sub.close(0)
+        self._sub = sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, self._linger_ms)
+        if self._curve is not None:
+            self._curve.apply(sub)
+        self._connect_sub(sub)
+        self._loop.add_socket(sub, self._on_sub)
+
     def _on_dealer(self, frames: list[Any], on_loop: bool = True) -> None:
         """A message from the main, read by the loop or (``on_loop=False``) by a waiting caller.
 
@@ -481,13 +610,14 @@ class Window:
                 # One frame, the common case: verified and split without building objects,
                 # and an answer settled straight from the fields.
                 kind, msg_id, seq, session, peer, source, target, channel, part, flags = protocol.unpack_one(
-                    self._signer, frames[0])
+                    self._signer, frames[0], self.max_payload)
                 if self._settle_fast(kind, msg_id, seq, session, peer, part):
                     return
                 header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags)
                 msg = protocol.Message(header, () if part is None else (part,))
             else:
-                msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])])
+                msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])],
+                                      max_size=self.max_payload)
             h = msg.header
             if h.peer_session != self.session:
                 raise Rejected("stale_session")
@@ -542,6 +672,7 @@ class Window:
         ``EAGAIN`` (an exception, which costs more), and looks at the
         future's state directly.
         """
+        check_forked(self._born, f"window {self.name!r}", self._pid)
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         dealer = self._dealer
@@ -598,15 +729,20 @@ class Window:
         try:
             if len(frames) == 2:  # the topic and one frame, the common case
                 kind, _, seq, session, _, _, _, topic, part, _ = protocol.unpack_one(
-                    self._signer, frames[1].buffer, topic=frames[0])
+                    self._signer, frames[1].buffer, self.max_payload, topic=frames[0])
                 payload: Any = () if part is None else (part,)
             else:
-                msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])], with_topic=True)
-                session, seq, topic, payload = msg.header.session, msg.header.seq, msg.header.channel, msg.payload
+                msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])], with_topic=True,
+                                      max_size=self.max_payload)
+                h = msg.header
+                kind, session, seq, topic, payload = h.kind, h.session, h.seq, h.channel, msg.payload
             if session != self._main_session:
                 raise Rejected("stale_session")
             if not self._guard.accept(MAIN_NAME, session, seq, stream=_BROADCAST_STREAM):
                 raise Rejected("replay")
+            self._last_pub = time.monotonic()  # the broadcast link lives (see _check_sub)
+            if kind == Kind.PING:  # the main's heartbeat on the PUB: nothing to deliver
+                return
             # Not a sign of life: a broadcast shows the main is up, not that it still has us.
             # A main that dropped us (a partition it noticed first) goes on broadcasting to
             # our old connection but no longer answers our pings; that must end in a rejoin.
@@ -684,7 +820,8 @@ class Window:
                 body = protocol.error_body(NoHandler(h.channel, self.name), self.name)
                 self._send(Kind.ERROR, h.msg_id, "", "", [protocol.encode_body(body)])
                 return
-            self._dispatch.submit(lambda: self._answer(callbacks[0], event, msg))
+            serving = self._serving[h.msg_id] = _Serving()
+            self._dispatch.submit(functools.partial(self._answer_queued, serving, callbacks[0], event, msg))
             return
         if not callbacks:
             self._stats["unhandled"] += 1
@@ -700,11 +837,28 @@ class Window:
 
         self._deliver(deliver, ("message", h.channel))
 
+    def _on_cancel(self, msg: protocol.Message) -> None:
+        """The caller of our request ``msg_id`` gave up: if it has not started, it never will."""
+        serving = self._serving.pop(msg.header.msg_id, None)
+        if serving is not None:
+            serving.cancelled = True
+
+    def _answer_queued(self, serving: _Serving, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
+        """``_answer`` on the pool, unless the caller gave up while the request waited (CANCEL)."""
+        self._serving.pop(msg.header.msg_id, None)  # one step: the loop may pop it for a CANCEL meanwhile
+        if serving.cancelled:
+            with self._errors_lock:
+                self._stats["cancelled_before_start"] += 1
+            return
+        self._answer(cb, event, msg)
+
     def _notify(self, cb: Callable[..., Any], event: Event, args: Any) -> None:
         """Call a one-way or broadcast callback; an ``async def`` one is awaited, as for calls."""
 
         def done(result: Any, exc: BaseException | None) -> None:
-            if exc is not None:
+            if exc is not None:  # no caller to tell: logged and counted, and the lane goes on
+                with self._errors_lock:
+                    self._stats["callback_errors"] += 1
                 log.error("window %r: %s callback %r raised", self.name, event.kind, cb, exc_info=exc)
 
         call_handler(self._dispatch, cb, (event, args), done)
@@ -716,7 +870,8 @@ class Window:
             if exc is None:
                 try:
                     kind, payload = Kind.REPLY, self.serializer.dumps(result)
-                except Exception as e:
+                    self._check_size(payload, "", "")
+                except Exception as e:  # an unpicklable or oversized return value is the callback's error
                     exc = e
             if exc is not None:
                 body = protocol.error_body(exc, self.name, "".join(traceback.format_exception(exc)), from_handler=True)
@@ -794,8 +949,10 @@ class Window:
         now = time.monotonic()
         if now - self._last_seen > self.heartbeat * self.liveness:
             self._lose_main(f"no answer for {now - self._last_seen:.1f} s")
-        elif now - self._last_seen >= self.heartbeat or now - self._last_sent >= self.heartbeat:
+            return
+        if now - self._last_seen >= self.heartbeat or now - self._last_sent >= self.heartbeat:
             self._send(Kind.PING, 0, "", "", ())
+        self._check_sub(now)
 
     def _on_ping(self, msg: protocol.Message) -> None:
         self._send(Kind.PONG, msg.header.msg_id, "", "", ())
@@ -814,6 +971,7 @@ class Window:
         Kind.BYE: _on_bye,
         Kind.PING: _on_ping,
         Kind.PONG: _on_pong,
+        Kind.CANCEL: _on_cancel,
     }
 
     def _send(
@@ -884,17 +1042,27 @@ class Window:
             self._sub = None
 
 
+class _Serving:
+    """A request waiting in the callback pool; ``cancelled`` once its caller gave up."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
 def _run_all(fns: list[Callable[[], None]]) -> None:
     for fn in fns:
         try:
             fn()
-        except Exception:  # each delivery reports its callbacks' errors; this is a bug net
+        except BaseException:  # each delivery reports its callbacks' errors; this is a bug net
             log.exception("error in a delivery")
 
 
-def _check_target(name: str) -> None:
+def _check_target(name: str) -> str:
     if not isinstance(name, str) or not name:
-        raise ValueError(f"target window name must be a non-empty str, got {name!r}")
+        raise ValueError(f"target window name must be a non-empty str, got {short(name)}")
+    return normalize_name(name)
 
 
 def _pub_endpoint(router_endpoint: str, pub: str) -> str:
