@@ -8,7 +8,10 @@ before the next, and prints each outcome as a JSON line when it comes::
     -> {"id": 1, "result": 9}
     -> {"id": 1, "error": "RemoteError", "remote_type": "zprokit.errors.PeerLost", "message": "..."}
 
-It prints ``{"ready": name}`` once listening, and ends at the end of stdin.
+A call that returns a value rather than a future (``stats``) is answered at
+once with it. Every broadcast the window receives is printed as
+``{"broadcast": message, "topic": topic}``. It prints ``{"ready": name}``
+once listening, and ends at the end of stdin.
 """
 
 from __future__ import annotations
@@ -45,5 +48,8 @@ def driver(window: Any) -> None:
             future = getattr(window, request["call"])(*request.get("args", ()), **request.get("kwargs", {}))
         except Exception as e:  # raised at once (WindowNotFound, Closed, ...): an outcome like any other
             emit({"id": request["id"], "error": type(e).__name__, "remote_type": None, "message": str(e)})
+            continue
+        if not hasattr(future, "add_done_callback"):  # a plain value (stats(), ...): the result now
+            emit({"id": request["id"], "result": future})
             continue
         future.add_done_callback(lambda f, request_id=request["id"]: _outcome(request_id, f))

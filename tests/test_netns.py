@@ -4,12 +4,16 @@ The topology of the docker-compose demo (docker/), run with the very
 commands its services run, read from docker/docker-compose.yml: the main's
 host name ``main`` becomes the main host's address, ``$HOSTNAME`` the
 worker host's name, and the key secret a key file (mode 0600). Short
-heartbeats (``--heartbeat``/``--liveness``) keep the suite quick.
+heartbeats (``--heartbeat``/``--liveness``) keep the suite quick. Each host
+has its own host name, as each container has (its processes run in a UTS
+namespace of their own), so a window's ``WindowInfo.host`` names its host.
 
 Hosts: ``main``, workers ``w1``, ``w2``, ``w3``, and ``probe`` where the
 tests' own windows run (``examples.docker_app:tour``, ``examples.farm:client``,
 or ``_netns_targets:driver``, which makes API calls the test writes to it).
-Partitions cut a host's link from inside it (``ip link set eth0 down``).
+Partitions cut a host's link from inside it (``ip link set eth0 down``); a
+firewall that silently forgets one connection is ``tc`` dropping just its
+packets (``Host.drop_connection``).
 
 Times are printed (``pytest -s``) and bounded by the promise ("within a few
 heartbeat intervals"), generously, never by a benchmark figure.
@@ -25,6 +29,9 @@ import json
 import os
 import re
 import secrets
+import signal
+import socket
+import subprocess
 import sys
 import time
 from typing import Any, Iterator
@@ -66,14 +73,15 @@ def test_without_namespaces_the_tests_skip_or_fail_as_told(monkeypatch: pytest.M
 
 
 def machine_network() -> str:
-    """The machine's own links, addresses and routes, to show that the tests add nothing there.
+    """The machine's own links, addresses and routes, and its host name, to show that the tests
+    change nothing there.
 
     Without what changes by itself (address lifetimes, link state and counters).
     """
     links = [line.split(":")[1].strip() for line in _netns.ip("-o", "link").splitlines()]
     addresses = [" ".join(line.split()[1:4]) for line in _netns.ip("-o", "addr").splitlines()]
     routes = [re.sub(r" expires \S+", "", line) for line in _netns.ip("route").splitlines()]
-    return "\n".join(links + addresses + routes)
+    return "\n".join(links + addresses + routes + [f"hostname {socket.gethostname()}"])
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +100,7 @@ def network(machine_before: str) -> Iterator[Network]:
         yield net
     finally:
         net.close()
-    left = [ns for ns in _netns.ip("netns", "list").split() if ns.startswith(f"zp-{net.tag}-")]
+    left = [ns for ns in _netns.namespaces() if ns.startswith(net.prefix)]
     assert not left, f"namespaces left behind: {left}"
     assert machine_network() == machine_before, "the machine's own network changed"
 
@@ -156,7 +164,8 @@ class Deployment:
         """Kill everything the test started, and heal every link; every step is tried."""
         errors = []
         for host in self.net.hosts.values():
-            for step in (host.kill_all, host.heal):  # a test that failed mid-partition leaves no link down
+            # A test that failed mid-partition leaves no link down, nor a connection dropped.
+            for step in (host.kill_all, host.heal, host.allow_all):
                 try:
                     step()
                 except Exception as e:
@@ -185,7 +194,8 @@ class Driver:
     def __init__(self, proc: HostProcess) -> None:
         self.proc = proc
         self._ids = itertools.count(1)
-        proc.expect(r'^\{"ready"')
+        _, ready = proc.wait_line(lambda line: line.startswith('{"ready"'), what="ready")
+        self.name = json.loads(ready)["ready"]
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> int:
         """Make the call on the remote window; its id, for ``outcome``."""
@@ -211,7 +221,74 @@ def connected(main: HostProcess, name: str, since: int = 0, timeout: float = DEA
     return when, match.group(1), int(match.group(2))
 
 
+def broadcast_reaches(driver: Driver, text: str, timeout: float = DEADLINE, retry: float = HEARTBEAT) -> float:
+    """Have the main broadcast ``text #n`` (the demo's "announce" channel) until one reaches the
+    driver's window; the seconds that took.
+
+    A broadcast the main sends before the window's subscription has reached it is not delivered
+    (PUB/SUB), so one that does not come within ``retry`` s is followed by another, up to ``timeout``.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    sent: set[str] = set()
+    since = driver.proc.mark()
+
+    def arrived(line: str) -> bool:
+        return line.startswith('{"broadcast"') and json.loads(line)["broadcast"] in sent
+
+    for n in itertools.count(1):
+        message = f"{text} #{n}"
+        sent.add(f"{message} (from {driver.name})")
+        driver.result("render_msg_to_main", message, channel="announce")
+        try:
+            driver.proc.wait_line(arrived, min(retry, max(0.0, deadline - time.monotonic())), since,
+                                  what=f"with one of the broadcasts {sorted(sent)}")
+            return time.monotonic() - start
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+    raise AssertionError("unreachable")
+
+
 # --- the tests ------------------------------------------------------------------------------------
+
+
+def test_namespaces_a_killed_run_left_are_removed_and_a_live_runs_are_kept(machine_before: str) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now, as a SIGKILLed pytest's does
+    assert not _netns.pid_alive(gone.pid)
+    tag = secrets.token_hex(3)
+    pidns = _netns.pid_namespace()
+    stale = _netns.namespace_name(tag, "stale", pid=gone.pid)
+    live = _netns.namespace_name(tag, "live")  # this process's: it lives
+    elsewhere = f"zp-{gone.pid}.{pidns + 1}-{tag}-elsewhere"  # another pid namespace's: not ours to judge
+    unowned = f"zp-{tag}-unowned"  # names no owner (as runs before owners were named did)
+    assert _netns.owner(stale) == (gone.pid, pidns) and _netns.owner(live) == (os.getpid(), pidns)
+    made: list[str] = []
+    sleeper = None
+    try:
+        for ns in (stale, live, elsewhere, unowned):
+            _netns.ip("netns", "add", ns)
+            made.append(ns)
+        sleeper = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "60"])  # ip execs sleep: same pid
+        assert wait_until(lambda: _netns.namespace_pids(stale) == [sleeper.pid], DEADLINE), \
+            _netns.namespace_pids(stale)
+
+        removed = _netns.remove_stale_namespaces()
+
+        assert stale in removed
+        assert sleeper.wait(DEADLINE) == -signal.SIGKILL  # killed by the cleanup; reaped here, its parent
+        left = _netns.namespaces()
+        assert stale not in left
+        assert {live, elsewhere, unowned} <= set(left) and not {live, elsewhere, unowned} & set(removed)
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait(DEADLINE)
+        left = _netns.namespaces()
+        for ns in made:
+            if ns in left:
+                _netns.ip("netns", "del", ns)
 
 
 def test_hosts_are_namespaces_of_their_own(network: Network, machine_before: str) -> None:
@@ -219,8 +296,18 @@ def test_hosts_are_namespaces_of_their_own(network: Network, machine_before: str
     assert len(addresses) == len(network.hosts)
     for host in network.hosts.values():
         assert host.address in _netns.ip("-o", "addr", "show", "dev", host.dev, ns=host.ns)
+        assert _netns.owner(host.ns) == (os.getpid(), _netns.pid_namespace())
+        # A host name of its own, as a container's: what socket.gethostname() says there.
+        named = subprocess.run(host.command(["hostname"]), capture_output=True, text=True, timeout=DEADLINE)
+        assert (named.returncode, named.stdout.strip()) == (0, host.name), named.stderr
     assert network.subnet + "." not in machine_network()  # none of it on the machine's own network
-    assert machine_network() == machine_before
+    assert machine_network() == machine_before  # the machine's own host name included
+    # The compose file gives no host names: each container's is its own id, which the worker's
+    # command takes as $HOSTNAME (here: the host's name). One given there must be the host's here.
+    with open(_compose.COMPOSE_FILE) as f:
+        services = _compose.compose_services(f.read())
+    assert services["main"].get("hostname", "main") == "main"
+    assert "hostname" not in services["worker"], "scaled workers must each keep a host name of their own"
 
 
 def test_every_api_row_across_hosts(deploy: Deployment) -> None:
@@ -240,6 +327,12 @@ def test_every_api_row_across_hosts(deploy: Deployment) -> None:
     rows = {line.split()[0]: line.split() for line in listing.output().splitlines()[1:]}
     assert set(rows) == {"worker-w1", "worker-w2"}
     assert [rows[f"worker-{n}"][2] for n in ("w1", "w2")] == [str(workers[n].pid) for n in ("w1", "w2")]
+    # WindowInfo.host (the HOST column) is each window's own host's name, so they differ.
+    hosts = {name: rows[f"worker-{name}"][1] for name in workers}
+    assert hosts == {name: net.hosts[name].hostname for name in workers} and len(set(hosts.values())) == 2
+    assert socket.gethostname() not in hosts.values()  # not the machine's own name
+    for name in workers:  # and what the worker itself says it runs on
+        main.expect(rf"^main: worker-{name} \(host {net.hosts[name].hostname}\) squared \d+: \d+$")
 
     tour = deploy.start_window("probe", "tour", "examples.docker_app:tour")
     assert tour.wait(DEADLINE * 2) == 0, tour.output() + "\n" + "\n".join(tour.errors)
@@ -384,3 +477,50 @@ def test_the_farm_across_hosts_loses_one_worker_host_and_cuts_off_another(deploy
     assert set(shares) == {"worker-w1", "worker-w2", "worker-w3"}
     # The healed worker took work again after it rejoined.
     assert any("running on 2 workers" in line for _, line in main.lines[rejoined:]), main.output()
+
+
+def test_a_silently_dropped_broadcast_link_is_noticed_and_dialled_again(deploy: Deployment) -> None:
+    """The window's SUB connection to the main's PUB, dropped by the network without a word (its
+    packets only, both ways), is noticed by ZeroMQ's heartbeat on it, counted in the window's
+    ``broadcast_link_lost`` and dialled again; broadcasts reach the window again, and the window
+    stays registered all along (its DEALER connection is another, untouched)."""
+    main = deploy.start_main()
+    window_host = deploy.net.hosts["probe"]
+    driver = Driver(deploy.start_window("probe", "probe", "_netns_targets:driver", stdin=True))
+    connected(main, "probe")
+    pub_port = int(_compose.option(_compose.service_argv("main"), "--pub-bind").rsplit(":", 1)[1])
+
+    def sub_ports() -> list[int]:
+        """The window host's local ports of its established connections to the main's PUB."""
+        return [port for _, port, peer, peer_port in window_host.tcp_connections()
+                if (peer, peer_port) == (deploy.main_host.address, pub_port)]
+
+    def link_lost() -> int:
+        return driver.result("stats")["broadcast_link_lost"]
+
+    broadcast_reaches(driver, "before")
+    assert link_lost() == 0
+    (old_port,) = sub_ports()
+
+    dropped = time.monotonic()
+    window_host.drop_connection(old_port)
+    assert wait_until(lambda: link_lost() >= 1, FEW_INTERVALS, interval=0.05), \
+        f"the window did not notice: stats {driver.result('stats')}; stderr {driver.proc.errors}"
+    noticed = time.monotonic() - dropped
+    back = broadcast_reaches(driver, "after")
+
+    (new_port,) = sub_ports()
+    assert new_port != old_port  # dialled again, from a new port, which the filters let through
+    out, into = window_host.dropped()
+    assert out >= 1 and into >= 1, (out, into)  # the old connection's packets went nowhere, both ways
+    assert any("the broadcast link to the main closed" in line for line in driver.proc.errors), driver.proc.errors
+    # Registered all along: the main neither dropped the window nor saw it register again, the window
+    # never lost the main, and requests over its DEALER connection still work.
+    assert [line for line in main.output().splitlines() if line.startswith("main: probe ")] == \
+        [f"main: probe connected from {window_host.address} (pid {driver.proc.pid})"]
+    assert not any("lost the main" in line for line in driver.proc.errors), driver.proc.errors
+    assert driver.result("render_msg_to_main", None, channel="workers") == {"probe": window_host.address}
+    print(f"\nbroadcast link dropped (heartbeat {HEARTBEAT} s x {LIVENESS}): the window noticed {noticed:.3f} s "
+          f"after the drop; a broadcast reached it again {back:.3f} s later (port {old_port} -> {new_port}; "
+          f"{out} packets dropped out, {into} in)")
+    assert HEARTBEAT <= noticed < FEW_INTERVALS  # it was the heartbeat: a dropped connection says nothing
