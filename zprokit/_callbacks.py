@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
+# The callback a registration is given, and returns: decorating keeps the function's own type.
+# Each registration method is typed with two overloads over it: bare (``on_x(fn)``,
+# ``@on_x``) returns ``F``; called (``@on_x(channel="c")``, ``@on_x("c")``) returns a
+# decorator, ``Callable[[F], F]``.
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_CHANNEL = "default"
+
+
+@overload
+def registrar(register: Callable[..., Any], cb: F, kwargs: dict[str, Any]) -> F: ...
+
+
+@overload
+def registrar(register: Callable[..., Any], cb: str | None, kwargs: dict[str, Any]) -> Callable[[F], F]: ...
 
 
 def registrar(register: Callable[..., Any], cb: Any, kwargs: dict[str, Any]) -> Any:

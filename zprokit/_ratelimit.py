@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 __all__ = ["RateLimitedLog"]
 
@@ -40,7 +40,7 @@ class RateLimitedLog:
             self._state[key] = (now, 0)
         if suppressed:
             msg += " (%d more like it suppressed in the last %.0f s)"
-            args = (*args, suppressed, now - last)
+            args = (*args, suppressed, now - cast(float, last))  # suppressed: last is set
         self._log.log(level, msg, *args)
         return True
 

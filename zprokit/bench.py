@@ -74,11 +74,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, cast
 
 import zmq
 
 from . import __version__, protocol
+from ._futures import ReplyFuture
 from .main import Main
 from .window import Window
 
@@ -340,9 +341,10 @@ class _Bench:
 
                     p50, p99 = _round_trips(request, s.rtt)
                     results[f"rtt{suffix}_p50_us"], results[f"rtt{suffix}_p99_us"] = p50, p99
-                    results[f"pipelined{suffix}_rps"] = _pipelined(
-                        lambda payload, channel=channel: window.render_msg_to_main(payload, channel=channel),
-                        s.pipelined, small)
+                    def send(payload: bytes, channel: str = channel) -> ReplyFuture[Any]:
+                        return window.render_msg_to_main(payload, channel=channel)
+
+                    results[f"pipelined{suffix}_rps"] = _pipelined(send, s.pipelined, small)
             floor = start("floor-echo")
             with _raw_client(floor.expect("ready")["endpoint"]) as dealer:
                 wire = _Wire(self.key.encode())
@@ -506,7 +508,7 @@ class _Bench:
 
 
 @contextlib.contextmanager
-def _raw_client(endpoint: str) -> Iterator[zmq.Socket]:
+def _raw_client(endpoint: str) -> Iterator[zmq.Socket[Any]]:
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
@@ -535,7 +537,7 @@ def _round_trips(call: Callable[[bytes], Any], n: int) -> tuple[float, float]:
     return times[len(times) // 2] / 1000, times[max(0, math.ceil(0.99 * len(times)) - 1)] / 1000
 
 
-def _raw_pipelined(dealer: zmq.Socket, total: int, wire: "_Wire | None" = None) -> float:
+def _raw_pipelined(dealer: zmq.Socket[Any], total: int, wire: "_Wire | None" = None) -> float:
     """Requests per second with ``INFLIGHT`` outstanding; through ``wire`` (signed, pickled) if given."""
     payload = bytes(SMALL)
     for _ in range(2):  # the first run warms up
@@ -575,7 +577,7 @@ class _Wire:
             raise BenchError(f"wire format floor: unexpected {kind!r}")
         return pickle.loads(part)
 
-    def call(self, dealer: zmq.Socket, obj: Any) -> Any:
+    def call(self, dealer: zmq.Socket[Any], obj: Any) -> Any:
         dealer.send(self.request(obj))
         return self.answer(dealer.recv())
 
@@ -627,7 +629,7 @@ def _timed_flow(send: Callable[[int], None], warm: int, total: int, receivers: l
     for seq in range(warm, total):
         send(seq)
     flush()
-    ends = []
+    ends: list[float] = []
     for r in receivers:
         try:
             done = r.expect("done")
@@ -645,7 +647,7 @@ def _numbered(seq: int) -> bytes:
     return seq.to_bytes(8, "big") + bytes(SMALL - 8)
 
 
-def _raw_echo_bytes(dealer: zmq.Socket) -> Callable[[Any], Any]:
+def _raw_echo_bytes(dealer: zmq.Socket[Any]) -> Callable[[Any], Any]:
     def echo(payload: bytes) -> Any:
         dealer.send(payload, copy=False)
         return dealer.recv(copy=False).buffer
@@ -653,7 +655,7 @@ def _raw_echo_bytes(dealer: zmq.Socket) -> Callable[[Any], Any]:
     return echo
 
 
-def _raw_echo_array(dealer: zmq.Socket, np: Any) -> Callable[[Any], Any]:
+def _raw_echo_array(dealer: zmq.Socket[Any], np: Any) -> Callable[[Any], Any]:
     def echo(array: Any) -> Any:
         meta = json.dumps([array.dtype.str, array.shape]).encode()
         dealer.send_multipart([meta, array], copy=False)
@@ -690,7 +692,7 @@ def _rss_kib(pid: int) -> float:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
-def _brief(stats: dict[str, Any]) -> dict[str, Any]:
+def _brief(stats: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in stats.items() if v and k != "rejected"}
 
 
@@ -822,8 +824,8 @@ def _socket_loop(step: Callable[[], None]) -> Callable[[], None]:
     return stopper
 
 
-def _raw_socket(ctx: zmq.Context, kind: int, bind: bool = False, endpoint: str = "tcp://127.0.0.1:*") -> zmq.Socket:
-    sock = ctx.socket(kind)
+def _raw_socket(ctx: zmq.Context[Any], kind: int, bind: bool = False, endpoint: str = "tcp://127.0.0.1:*") -> zmq.Socket[Any]:
+    sock: zmq.Socket[Any] = ctx.socket(kind)
     sock.linger = 0
     sock.rcvtimeo = 100  # so its loop sees the stop flag
     sock.sndtimeo = 5000  # a blocked send (a full peer) ends too
@@ -867,7 +869,7 @@ def serve_floor_echo() -> None:
     def answer(frames: list[zmq.Frame]) -> list[Any]:
         ident, head = frames
         _, msg_id, _, their_session, *_, part, _ = protocol.unpack_one(signer, head.buffer)
-        reply = pickle.dumps(pickle.loads(part), protocol=5)
+        reply = pickle.dumps(pickle.loads(cast(memoryview, part)), protocol=5)
         return [ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, next(seqs), session, their_session,
                                           "", "floor", "", reply)]
 

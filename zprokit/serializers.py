@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import pickle
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, SupportsIndex
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 
 __all__ = ["Serializer", "PickleSerializer", "JsonSerializer", "get_serializer"]
 
@@ -38,7 +38,7 @@ class _BytesOutOfBand:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def __reduce_ex__(self, protocol: int) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         return bytes, (pickle.PickleBuffer(self.data),)
 
 
@@ -68,12 +68,12 @@ class PickleSerializer:
         if type(obj) is bytes and len(obj) >= OUT_OF_BAND_MIN:
             # bytes have no out-of-band form of their own: send the buffer as its own frame,
             # uncopied, and rebuild the bytes from it on arrival (one copy, as pyzmq's recv makes)
-            buffers = []
+            buffers: list[pickle.PickleBuffer] = []
             data = pickle.dumps(_BytesOutOfBand(obj), protocol=5, buffer_callback=buffers.append)
             return [data, *(b.raw() for b in buffers)]
         if _plain(obj):
             return [pickle.dumps(obj, protocol=5)]
-        buffers: list[pickle.PickleBuffer] = []
+        buffers = []
         data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
         return [data, *(b.raw() for b in buffers)]
 

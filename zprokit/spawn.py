@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import cloudpickle
+import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
 from .security import ENV_CURVE_SECRET, ENV_CURVE_SERVER, ENV_KEY, ENV_KEY_FILE, ENV_KEY_HEX
@@ -34,7 +34,7 @@ ENV_PARENT_PID = "ZPROKIT_PARENT_PID"
 class WindowProcess:
     """A handle on a window process made by ``create_window``."""
 
-    def __init__(self, name: str, popen: subprocess.Popen) -> None:
+    def __init__(self, name: str, popen: subprocess.Popen[bytes]) -> None:
         self.name = name
         self._popen = popen
         self._lock = threading.Lock()

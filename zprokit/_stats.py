@@ -1,0 +1,56 @@
+"""What ``Main.stats()`` and ``Window.stats()`` return, as ``TypedDict``s (for type checkers only).
+
+At run time both are plain ``dict``s. The keys of the base classes are always
+there; the ``total=False`` ones appear once their counter has counted
+something. ``rejected`` counts messages dropped unread, by reason (every
+reason of ``zprokit.security.REJECTION_REASONS`` is there, at 0 or more).
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+__all__ = ["MainStats", "WindowStats"]
+
+
+class _MainStatsAlways(TypedDict):
+    messages_in: int
+    messages_out: int  # broadcasts included
+    requests_served: int
+    messages_routed: int  # window -> window, carried by the main
+    unhandled: int
+    disconnects: int  # connections closed: windows leaving, strangers, a frame over max_message_size
+    broadcasts: int
+    windows: int  # windows registered now
+    pending_requests: int  # main_call_render calls awaiting an answer
+    pending_routes: int  # window -> window requests being carried
+    requests_queued: int  # windows' requests waiting for the handler pool
+    rejected: dict[str, int]
+
+
+class MainStats(_MainStatsAlways, total=False):
+    """``Main.stats()``."""
+
+    broadcasts_refused: int  # broadcasts that found a window's queue full for their whole timeout: QueueFull
+    cancelled_before_start: int  # requests whose caller gave up while they waited for the pool: never run
+    dropped_hwm: int  # messages not sent: the peer's queue was full (the sender is told: QueueFull)
+    unroutable: int  # messages not sent: no connection has that routing id (any more)
+
+
+class _WindowStatsAlways(TypedDict):
+    messages_in: int
+    messages_out: int
+    unhandled: int
+    late_replies: int  # answers that came after their request timed out
+    broadcast_link_lost: int
+    callback_errors: int  # one-way and broadcast callbacks that raised
+    cancelled_before_start: int
+    pending_requests: int  # calls awaiting an answer
+    requests_queued: int  # calls to this window waiting for the callback pool
+    rejected: dict[str, int]
+
+
+class WindowStats(_WindowStatsAlways, total=False):
+    """``Window.stats()``."""
+
+    dropped_hwm: int  # messages not sent: the queue to the main was full
