@@ -25,6 +25,7 @@ def spin(seconds):
 
 def ask_main_to_spin(window):
     """Ask the main to run a long handler, and report whether we stayed connected."""
+    window.ready()  # no callbacks to register: the main's wait_for_window may return now
     result = window.render_msg_to_main(20, channel="spin", timeout=60).result()
     window.render_msg_to_main(result, channel="report", timeout=5).result()
     window.wait_closed()

@@ -60,3 +60,23 @@ def peer(window):
 
     report("ready", name, os.getpid())
     window.wait_closed()
+
+
+def slow_to_set_up(window):
+    """Take a moment (imports, a model to load) before registering callbacks, then serve."""
+    import time
+
+    time.sleep(1.0)
+    window.on_msg_from_main(lambda event, n: n * 3, channel="triple")
+    window.on_render_msg_to_render(lambda event, msg: msg, channel="echo")
+    window.wait_closed()  # first wait: the main's wait_for_window returns now
+
+
+def ready_then_work(window):
+    """Say ready explicitly, then keep working without waiting in wait_closed()."""
+    import threading
+
+    done = threading.Event()
+    window.on_msg_from_main(lambda event, _: done.set() or "done", channel="finish")
+    window.ready()
+    done.wait(30)

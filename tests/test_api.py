@@ -1137,7 +1137,7 @@ def test_public_names_are_pinned():
     assert set(zprokit.__all__) == {
         "Main", "Window", "Event", "WindowInfo", "WindowProcess", "ReplyFuture",
         "init_ipc", "get_main", "on_msg_from_render", "off_msg_from_render", "main_msg_to_render",
-        "main_call_render", "broadcast", "create_window", "get_window", "has_window", "get_all_windows",
+        "main_call_render", "broadcast", "create_window", "get_window", "has_window", "get_all_windows", "wait_for_window",
         "destroy_window", "on_window_connected", "on_window_disconnected",
         "init_expose_in_main_world", "get_render", "render_msg_to_main", "on_msg_from_main",
         "off_msg_from_main", "render_msg_to_render", "on_render_msg_to_render", "off_render_msg_to_render",
@@ -1150,3 +1150,61 @@ def test_public_names_are_pinned():
     assert len(zprokit.__all__) == len(set(zprokit.__all__))
     for name in zprokit.__all__:
         assert hasattr(zprokit, name), name
+
+
+def test_every_module_level_name_is_a_method_of_main_or_window_too():
+    """The module-level functions are a convenience over the classes: each (the newer
+    electron-prokit names included) exists on ``Main`` or ``Window`` under the same name."""
+    from zprokit import api
+
+    module_only = {"init_ipc", "get_main", "init_expose_in_main_world", "get_render"}
+    main_side = {n for n in api.__all__ if n not in module_only and callable(getattr(zprokit.Main, n, None))}
+    window_side = {n for n in api.__all__ if n not in module_only and callable(getattr(zprokit.Window, n, None))}
+    assert set(api.__all__) - module_only == main_side | window_side, \
+        f"missing on the classes: {sorted(set(api.__all__) - module_only - main_side - window_side)}"
+    assert {"send_msg_to_render"} <= main_side
+    assert {"send_msg_to_main", "send_msg_to_other_render", "on_msg_from_other_render"} <= window_side
+
+
+def test_the_newer_names_work_on_the_classes(main, window):
+    w = window()
+    other = window()
+    main.on_msg_from_render(lambda event, args: args + 1)
+    assert w.send_msg_to_main(1).result(5) == 2
+    got = Inbox()
+    other.on_msg_from_other_render(lambda event, args: got.put((event.sender, args)))
+    assert w.send_msg_to_other_render(other.name, "hi").result(5) is None
+    assert got.get(5) == (w.name, "hi")
+    w.on_msg_from_main(lambda event, args: got.put(("main", args, event.from_main)))
+    main.send_msg_to_render(w.name, "yo")
+    assert got.get(5) == ("main", "yo", True)
+
+
+def test_a_window_may_be_called_main_and_events_stay_unambiguous(main, window):
+    """electron-prokit's main window is called "main": the seed's mainMsgToRender("main", ...)."""
+    render = window("main")
+    work = window("work")
+    got = Inbox()
+    render.on_msg_from_main(lambda event, args: got.put(("from main process", event.sender, event.from_main, args)))
+    work.on_render_msg_to_render(lambda event, args: got.put(("from window", event.sender, event.from_main, args)))
+    main.main_msg_to_render("main", "msg from main")
+    assert got.get(5) == ("from main process", "main", True, "msg from main")
+    render.render_msg_to_render("work", "Hello Work").result(5)
+    assert got.get(5) == ("from window", "main", False, "Hello Work")
+    main.on_msg_from_render(lambda event, args: (event.sender, event.from_main), channel="who")
+    assert render.render_msg_to_main(None, channel="who").result(5) == ("main", False)
+    assert main.get_window("main").name == "main"
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:5599", "localhost", "tcp://127.0.0.1", "tcp://:5555",
+                                      "udp://127.0.0.1:5555", "tcp://127.0.0.1:99999", "x" * 10_000])
+def test_an_endpoint_without_a_known_transport_fails_at_once_in_one_short_line(endpoint):
+    started = time.monotonic()
+    with pytest.raises(ValueError) as raised:
+        Window("w", endpoint, key=b"k" * 32, timeout=30)
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 250 and "tcp://" in message
+    with pytest.raises(ValueError) as raised:
+        Main(endpoint)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 250
+    assert time.monotonic() - started < 5, "a bad endpoint cost a timeout"

@@ -278,7 +278,7 @@ def test_a_wrong_key_is_a_one_line_error(cli_main: SimpleNamespace, command: str
     args = [command, "--connect", cli_main.endpoint]
     if command == "window":
         args += ["--name", "intruder", "_cli_app:serve"]
-    result = zprokit(*args, key="not the key")
+    result = zprokit(*args, key="not the key, but a long one")
     assert_one_line_error(result, "AuthenticationError")
     assert "Traceback" not in result.stderr
 

@@ -38,10 +38,10 @@ DOCKER_DIR = os.path.join(ROOT, "docker")
 # script -> what its stdout must contain
 EXAMPLES = {
     "main_render_reply.py": ["render: Main have get data is sendMsgToMain Hello"],
-    "main_to_render.py": ["render: msg from main (from main)"],
+    "main_to_render.py": ["render: msg from main (from main, from_main=True)"],
     "render_to_render.py": [
         "render: 'Hello Work' delivered to 'work'",
-        "work: 'Hello Work' from 'render'",
+        "work: 'Hello Work' from 'main'",
     ],
     "hidden_work_window.py": [
         "work: 15 primes below 50",

@@ -207,7 +207,8 @@ def test_window_survives_a_main_restart_on_the_same_endpoint():
 
 
 def test_window_gives_up_after_the_configured_time(main):
-    window = zprokit.Window("patient", main.endpoint, key=main.key, give_up_after=0.5, heartbeat=HEARTBEAT)
+    window = zprokit.Window("patient", main.endpoint, key=main.key, give_up_after=0.5, heartbeat=HEARTBEAT,
+                            exit_with_main=False)  # keep trying after the main's goodbye
     closed = threading.Event()
     threading.Thread(target=lambda: window.wait_closed(15) and closed.set(), daemon=True).start()
     main.close()  # says goodbye; the window retries, then gives up

@@ -38,6 +38,7 @@ from .api import (
     send_msg_to_main,
     send_msg_to_other_render,
     send_msg_to_render,
+    wait_for_window,
 )
 from .errors import (
     AuthenticationError,
@@ -81,6 +82,7 @@ __all__ = [
     "get_window",
     "has_window",
     "get_all_windows",
+    "wait_for_window",
     "destroy_window",
     "on_window_connected",
     "on_window_disconnected",

@@ -16,7 +16,7 @@ import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from .spawn import ENV_PARENT_PID, ENV_TARGET_FD
 
@@ -30,12 +30,12 @@ def _read_target() -> Callable[..., Any]:
     kind, data = blob[:1], blob[1:]
     if kind == b"P":
         # From our own parent, through a pipe only it holds: as trusted as our own code.
-        return pickle.loads(data)
+        return cast(Callable[..., Any], pickle.loads(data))
     module, _, func = data.decode().partition(":")
     obj: Any = importlib.import_module(module)
     for part in func.split("."):
         obj = getattr(obj, part)
-    return obj
+    return cast(Callable[..., Any], obj)
 
 
 def _exit_when_orphaned(parent: int, closed: threading.Event) -> None:
@@ -72,8 +72,12 @@ def main() -> int:
             exit_with_main=exit_with_main,
             heartbeat=float(os.environ.get("ZPROKIT_HEARTBEAT", "1.0")),
             liveness=int(os.environ.get("ZPROKIT_LIVENESS", "3")),
+            # The main's wait_for_window returns once the target's callbacks are in place: when
+            # it waits in wait_closed(), calls window.ready(), or returns.
+            ready=False,
         )
         target(window)
+        window.ready()
     except SystemExit as e:
         return int(e.code or 0)
     except BaseException:

@@ -50,7 +50,7 @@ def check_forked(born: int, what: str, pid: int) -> None:
         )
 
 
-def fail(future: ReplyFuture, exc: BaseException) -> None:
+def fail(future: ReplyFuture[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
 
@@ -61,6 +61,27 @@ def check_channel(channel: str, what: str = "channel") -> None:
         raise TypeError(f"{what} must be a str, not {type(channel).__name__}")
     if len(channel) > MAX_STR // 4 and len(channel.encode("utf-8", "surrogatepass")) > MAX_STR:
         raise ValueError(f"{what} is longer than {MAX_STR} bytes of UTF-8: {short(channel)}")
+
+
+_TRANSPORTS = ("tcp://", "ipc://", "inproc://")
+
+
+def check_endpoint(endpoint: Any, *, bind: bool) -> str:
+    """A ZeroMQ endpoint with a transport zprokit uses; else a one-line ``ValueError`` at once.
+
+    Caught here rather than in the I/O thread, where it used to end in a ``Timeout``.
+    """
+    example = "tcp://127.0.0.1:5555" + (" (port 0: any free port)" if bind else "")
+    if not isinstance(endpoint, str) or not endpoint.startswith(_TRANSPORTS):
+        raise ValueError(f"endpoint {short(endpoint)} has no known transport: write {example}, "
+                         "ipc:///path/to/socket or inproc://name")
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        if not host or not (port == "*" or (port.isdigit() and int(port) < 65536)) or (port in ("0", "*") and not bind):
+            raise ValueError(f"endpoint {short(endpoint)} needs a host and a port: write {example}")
+    elif endpoint.endswith("://"):
+        raise ValueError(f"endpoint {short(endpoint)} names no address: write {example}")
+    return endpoint
 
 
 def short(value: Any, limit: int = 40) -> str:
@@ -111,15 +132,15 @@ class PendingRequests:
     each request that timed out, so the caller can tell the callee.
     """
 
-    def __init__(self, loop: Any, on_expired: Callable[[int, str], None] | None = None) -> None:
-        self._items: dict[int, tuple[ReplyFuture, float, float, str]] = {}
+    def __init__(self, loop: Any, on_expired: Callable[[int, str | None], None] | None = None) -> None:
+        self._items: dict[int, tuple[ReplyFuture[Any], float, float, str | None]] = {}
         self._heap: list[tuple[float, int]] = []
         self._next = math.inf  # the deadline a timer is armed for
         self._lock = threading.Lock()  # the heap and _next; the dict is changed in single steps
         self._loop = loop
         self._on_expired = on_expired
 
-    def add(self, msg_id: int, future: ReplyFuture, timeout: float, target: str = "") -> float:
+    def add(self, msg_id: int, future: ReplyFuture[Any], timeout: float, target: str | None = "") -> float:
         """Track ``future`` until ``timeout`` s from now (``inf``: no limit); returns that deadline
         (``time.monotonic()``)."""
         deadline = time.monotonic() + timeout
@@ -134,11 +155,11 @@ class PendingRequests:
                 self._loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
         return deadline
 
-    def pop(self, msg_id: int) -> tuple[ReplyFuture, str] | None:
+    def pop(self, msg_id: int) -> tuple[ReplyFuture[Any], str | None] | None:
         entry = self._items.pop(msg_id, None)
         return None if entry is None else (entry[0], entry[3])
 
-    def fail_all(self, make_error: Callable[[ReplyFuture], BaseException], target: str | None = None) -> None:
+    def fail_all(self, make_error: Callable[[ReplyFuture[Any]], BaseException], target: str | None = None) -> None:
         """Fail every pending future (of ``target`` only, if given) with ``make_error(future)``."""
         for msg_id, (future, _, _, to) in list(self._items.items()):
             if target is None or to == target:
@@ -150,7 +171,7 @@ class PendingRequests:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        expired: list[tuple[int, ReplyFuture, float, str]] = []
+        expired: list[tuple[int, ReplyFuture[Any], float, str | None]] = []
         with self._lock:
             if now >= self._next:  # the armed timer fired (not a stale later one): none is armed now
                 self._next = math.inf

@@ -10,12 +10,14 @@ every check looks at what happened rather than at what was sent.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
-from typing import Any, Callable, TextIO, TypeVar
+import time
+from typing import Any, Callable, Mapping, TextIO, TypeVar
 
 import zprokit
-from zprokit import Main, NoHandler, RemoteError, Window, WindowNotFound, ZprokitError
+from zprokit import AuthenticationError, Main, NoHandler, RemoteError, Timeout, Window, WindowNotFound, ZprokitError
 
 TIMEOUT = 5.0
 WINDOWS = ("render", "work")
@@ -56,6 +58,7 @@ def work(window: Window) -> None:
     window.on_msg_from_main(lambda e, msg: report("message", e.sender, e.channel, msg))
     window.on_msg_from_main(lambda e, n: n * 2, channel="double")
     window.on_msg_from_main(lambda e, n: n / 0, channel="divide")
+    window.on_msg_from_main(lambda e, seconds: time.sleep(seconds), channel="sleep")
     window.on_render_msg_to_render(lambda e, msg: report("message", e.sender, e.channel, msg))
     window.on_broadcast(lambda e, msg: report("broadcast", e.sender, e.topic, msg))  # every topic
 
@@ -71,13 +74,18 @@ def work(window: Window) -> None:
 def render(window: Window) -> None:
     """The renderer: its steps are the main's to start, one at a time."""
     report = _reporter(window)
-    named = lambda e: (type(e).__name__, str(e))  # noqa: E731 - what the main can check
+    def named(e: BaseException) -> tuple[str, str]:  # what the main can check
+        return type(e).__name__, str(e)
+
     steps: dict[str, Callable[[], Any]] = {
         "hello": lambda: window.render_msg_to_main("sendMsgToMain Hello").result(TIMEOUT),
         "to work": lambda: window.render_msg_to_render("work", "Hello Work").result(TIMEOUT),
         "sum": lambda: window.render_call_render("work", [1, 2, 3], channel="sum").result(TIMEOUT),
         "no handler": lambda: named(raised(ZprokitError, lambda: window.render_msg_to_main("?", channel="nowhere").result(TIMEOUT))),
         "to ghost": lambda: named(raised(ZprokitError, lambda: window.render_msg_to_render("ghost", "boo").result(TIMEOUT))),
+        "async": lambda: window.render_msg_to_main([1, 2, 3], channel="slow_sum").result(TIMEOUT),
+        "temp": lambda: window.render_msg_to_main("once", channel="temp").result(TIMEOUT),
+        "temp again": lambda: named(raised(ZprokitError, lambda: window.render_msg_to_main("twice", channel="temp").result(TIMEOUT))),
     }
     window.on_msg_from_main(lambda e, step: steps[step](), channel="step")
     window.on_broadcast(lambda e, msg: report("broadcast", e.sender, e.topic, msg), topic="news")
@@ -199,6 +207,7 @@ def _play(main: Main, t: Transcript, inbox: Inbox) -> None:
         expect(sorted(names) == sorted(WINDOWS) and info is not None and info.pid == procs["work"].pid, f"{names} {info}")
         expect(zprokit.has_window("render") and not zprokit.has_window("ghost") and zprokit.get_window("ghost") is None,
                "has_window or get_window is wrong about 'ghost'")
+        assert info is not None  # checked above
         return f"{names}, work is pid {info.pid} on {info.host}"
 
     @t.check("render_msg_to_main + on_msg_from_render (reply)")
@@ -276,13 +285,62 @@ def _play(main: Main, t: Transcript, inbox: Inbox) -> None:
         expect(error[0] == "WindowNotFound", f"render got {error}")
         return "at once in main_msg_to_render, through the future in render_msg_to_render"
 
+    @zprokit.on_msg_from_render(channel="slow_sum")
+    async def slow_sum(event: zprokit.Event, numbers: list[int]) -> int:
+        served.append(event.channel)
+        await asyncio.sleep(0.05)  # an async def handler awaits; the main serves others meanwhile
+        return sum(numbers)
+
+    @t.check("async def handler (await)")
+    def async_handler() -> str:
+        t.line("render", "main", "[slow_sum] call", "[1, 2, 3]")
+        got = step("render", "async")
+        t.line("main", "render", "reply", repr(got))
+        expect(got == 6, f"reply {got!r}")
+        return "awaited on the main's asyncio thread, its return value the reply"
+
+    @t.check("a timeout")
+    def timeout() -> str:
+        t.line("main", "work", "[sleep] call", "1.0, timeout=0.2")
+        started = time.monotonic()
+        e = raised(Timeout, lambda: zprokit.main_call_render("work", 1.0, channel="sleep", timeout=0.2).result())
+        waited = time.monotonic() - started
+        t.line("main", "main", "error", f"Timeout: {e}")
+        expect(waited < 1.0 and isinstance(e, TimeoutError), f"waited {waited:.2f} s")
+        expect(main.stats()["pending_requests"] == 0, "the timed-out call left an entry behind")
+        return f"Timeout (a TimeoutError) after {waited:.2f} s; the call left nothing pending"
+
+    @t.check("off_msg_from_render")
+    def off() -> str:
+        def temp(event: zprokit.Event, args: Any) -> str:
+            served.append(event.channel)
+            return f"got {args}"
+
+        zprokit.on_msg_from_render(temp, channel="temp")
+        first = step("render", "temp")
+        t.line("main", "render", "[temp] reply", repr(first))
+        expect(zprokit.off_msg_from_render("temp"), "off_msg_from_render('temp') found no handler")
+        error = step("render", "temp again")
+        t.line("main", "render", "[temp] error", ": ".join(error))
+        expect(first == "got once" and error[0] == "NoHandler", f"{first!r}, {error}")
+        return "answered once; after off_msg_from_render, NoHandler at once"
+
     @t.check("main.stats()")
     def stats() -> str:
-        s = main.stats()
+        s: Mapping[str, Any] = main.stats()
         keys = ("messages_in", "messages_out", "requests_served", "messages_routed", "windows")
         expect(s["windows"] == 2 and s["requests_served"] == len(served) and s["messages_routed"] == 2, str(s))
         expect(not any(s["rejected"].values()), f"rejected {s['rejected']}")
         return " ".join(f"{k}={s[k]}" for k in keys) + f" rejected={s['rejected']}"
+
+    @t.check("a wrong key is refused")
+    def wrong_key() -> str:
+        before = main.stats()["rejected"]["bad_signature"]
+        e = raised(AuthenticationError, lambda: Window("intruder", main.endpoint, key=zprokit.generate_key(), timeout=TIMEOUT))
+        t.line("intruder", "main", "HELLO", f"signed with another key -> AuthenticationError: {e}")
+        rejected = main.stats()["rejected"]["bad_signature"] - before
+        expect(rejected == 1 and not zprokit.has_window("intruder"), f"rejected {rejected}")
+        return "the main counted it (rejected['bad_signature'] += 1) and read nothing of it"
 
     @t.check("destroy_window + on_window_disconnected")
     def destroy() -> str:

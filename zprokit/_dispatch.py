@@ -14,7 +14,10 @@ import inspect
 import logging
 import queue
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class Dispatcher:
                 t.start()
         self._queue.put(fn)
 
-    def run_async(self, coro: Any, done: Callable[["asyncio.Future[Any]"], None]) -> None:
+    def run_async(self, coro: Any, done: Callable[["concurrent.futures.Future[Any]"], None]) -> None:
         """Run coroutine ``coro`` on this dispatcher's asyncio loop; ``done(future)`` when it ends."""
         loop = self._async_loop()
         cfut = asyncio.run_coroutine_threadsafe(coro, loop)

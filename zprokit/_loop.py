@@ -27,7 +27,7 @@ import select
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import zmq
 
@@ -86,7 +86,7 @@ class _Waker:
                 os.close(self._w)
 
 
-def recv_message(socket: zmq.Socket, copied: int = 0) -> list[Any]:
+def recv_message(socket: zmq.Socket[Any], copied: int = 0) -> list[Any]:
     """One message, without waiting (raises ``zmq.Again``): the first ``copied`` frames as
     bytes, the rest as ``zmq.Frame`` (uncopied, with their metadata).
 
@@ -125,12 +125,12 @@ class SharedSocket:
 
     BATCH = 256  # messages per drain, so senders are never locked out for long
 
-    def __init__(self, socket: zmq.Socket, loop: "IOLoop", copied: int = 1) -> None:
+    def __init__(self, socket: zmq.Socket[Any], loop: "IOLoop", copied: int = 1) -> None:
         self.socket = socket
         self.lock = threading.Lock()
         self.rx = threading.Lock()
         self.closed = False
-        self.fd: int = socket.getsockopt(zmq.FD)
+        self.fd: int = cast(int, socket.getsockopt(zmq.FD))
         self._loop = loop
         # How many leading frames of a message arrive as bytes (copied; cheaper for small
         # frames); the rest arrive as zmq.Frame, uncopied, with their metadata (User-Id ...).
@@ -240,7 +240,7 @@ class IOLoop:
         self._reg_lock = threading.Lock()  # registrations of shared sockets, which readers pause
         # sockets only the loop touches, by ZMQ_FD: polling plain descriptors is one system
         # call, where zmq_poll on socket items makes several per socket
-        self._handlers: dict[int, tuple[zmq.Socket, Callable[[], None]]] = {}
+        self._handlers: dict[int, tuple[zmq.Socket[Any], Callable[[], None]]] = {}
         self._recheck: set[int] = set()
         self._shared: dict[SharedSocket, tuple[Callable[[list[Any]], None], Callable[[], None] | None]] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
@@ -260,15 +260,15 @@ class IOLoop:
 
     # --- for the owner, before start ------------------------------------------------
 
-    def add_socket(self, socket: zmq.Socket, on_readable: Callable[[], None]) -> None:
+    def add_socket(self, socket: zmq.Socket[Any], on_readable: Callable[[], None]) -> None:
         """Watch ``socket`` (the loop's alone); ``on_readable`` runs on the loop while it has input."""
-        fd = socket.getsockopt(zmq.FD)
+        fd = cast(int, socket.getsockopt(zmq.FD))
         self._handlers[fd] = (socket, on_readable)
         self._poller.register(fd, select.EPOLLIN)
         self._recheck.add(fd)  # input may be waiting already: the descriptor only signals changes
         self._more = True
 
-    def remove_socket(self, socket: zmq.Socket) -> None:
+    def remove_socket(self, socket: zmq.Socket[Any]) -> None:
         for fd, (sock, _) in list(self._handlers.items()):
             if sock is socket:
                 del self._handlers[fd]

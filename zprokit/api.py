@@ -9,13 +9,14 @@ here acts on that instance. Code that needs several nodes in one process
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
-from ._callbacks import DEFAULT_CHANNEL
+from ._callbacks import DEFAULT_CHANNEL, F
 from ._futures import ReplyFuture
 from .errors import ZprokitError
 from .events import WindowInfo
 from .main import Main
+from .spawn import WindowProcess
 from .window import Window
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "get_window",
     "has_window",
     "get_all_windows",
+    "wait_for_window",
     "destroy_window",
     "on_window_connected",
     "on_window_disconnected",
@@ -101,6 +103,16 @@ def get_render() -> Window:
 # --- main process -------------------------------------------------------------------
 
 
+@overload
+def on_msg_from_render(handler: F, channel: str = ..., *, replace: bool = ..., inline: bool = ...) -> F: ...
+
+
+@overload
+def on_msg_from_render(
+    handler: str | None = ..., channel: str = ..., *, replace: bool = ..., inline: bool = ...
+) -> Callable[[F], F]: ...
+
+
 def on_msg_from_render(handler: Any = None, channel: str = DEFAULT_CHANNEL, **options: Any) -> Any:
     """``Main.on_msg_from_render`` on the default main: the handler's return value is the reply."""
     return get_main().on_msg_from_render(handler, channel, **options)
@@ -115,7 +127,9 @@ def main_msg_to_render(name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL) -
     get_main().main_msg_to_render(name, msg, channel=channel)
 
 
-def main_call_render(name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None) -> ReplyFuture:
+def main_call_render(
+    name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+) -> ReplyFuture[Any]:
     return get_main().main_call_render(name, msg, channel=channel, timeout=timeout)
 
 
@@ -123,7 +137,7 @@ def broadcast(msg: Any, *, topic: str = "") -> None:
     get_main().broadcast(msg, topic=topic)
 
 
-def create_window(name: str, target: Any, **options: Any) -> Any:
+def create_window(name: str, target: Any, **options: Any) -> WindowProcess:
     """``Main.create_window``: start a local window process running ``target(window)``."""
     return get_main().create_window(name, target, **options)
 
@@ -138,6 +152,11 @@ def has_window(name: str) -> bool:
 
 def get_all_windows() -> list[WindowInfo]:
     return get_main().get_all_windows()
+
+
+def wait_for_window(name: str, timeout: float = 10.0) -> WindowInfo:
+    """``Main.wait_for_window``: block until window ``name`` is connected and ready."""
+    return get_main().wait_for_window(name, timeout)
 
 
 def destroy_window(name: str, **options: Any) -> bool:
@@ -155,9 +174,17 @@ def on_window_disconnected(cb: Callable[[WindowInfo], Any]) -> Callable[[WindowI
 # --- window process -----------------------------------------------------------------
 
 
-def render_msg_to_main(msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None) -> ReplyFuture:
+def render_msg_to_main(msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None) -> ReplyFuture[Any]:
     """``Window.render_msg_to_main`` on the default window: a future of the main's reply."""
     return get_render().render_msg_to_main(msg, channel=channel, timeout=timeout)
+
+
+@overload
+def on_msg_from_main(cb: F, channel: str = ...) -> F: ...
+
+
+@overload
+def on_msg_from_main(cb: str | None = ..., channel: str = ...) -> Callable[[F], F]: ...
 
 
 def on_msg_from_main(cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
@@ -168,8 +195,18 @@ def off_msg_from_main(cb: Callable[..., Any], channel: str | None = None) -> boo
     return get_render().off_msg_from_main(cb, channel)
 
 
-def render_msg_to_render(name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None) -> ReplyFuture:
+def render_msg_to_render(
+    name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+) -> ReplyFuture[None]:
     return get_render().render_msg_to_render(name, msg, channel=channel, timeout=timeout)
+
+
+@overload
+def on_render_msg_to_render(cb: F, channel: str = ...) -> F: ...
+
+
+@overload
+def on_render_msg_to_render(cb: str | None = ..., channel: str = ...) -> Callable[[F], F]: ...
 
 
 def on_render_msg_to_render(cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
@@ -180,8 +217,18 @@ def off_render_msg_to_render(cb: Callable[..., Any], channel: str | None = None)
     return get_render().off_render_msg_to_render(cb, channel)
 
 
-def render_call_render(name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None) -> ReplyFuture:
+def render_call_render(
+    name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+) -> ReplyFuture[Any]:
     return get_render().render_call_render(name, msg, channel=channel, timeout=timeout)
+
+
+@overload
+def on_broadcast(cb: F, *, topic: str = ...) -> F: ...
+
+
+@overload
+def on_broadcast(cb: str | None = ..., *, topic: str = ...) -> Callable[[F], F]: ...
 
 
 def on_broadcast(cb: Any = None, *, topic: str = "") -> Any:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import zmq
 
@@ -71,7 +71,7 @@ def cmd_main(args: argparse.Namespace) -> int:
         try:
             node = Main(args.bind, key=key, pub_endpoint=args.pub_bind, serializer=args.serializer,
                         heartbeat=args.heartbeat, liveness=args.liveness, **curve)
-        except (ValueError, zmq.ZMQError) as e:
+        except (ValueError, OSError) as e:
             raise CLIError(f"cannot start a main on {args.bind}: {e}") from None
         with node:
             if key is None and env_key() is None and not curve:
@@ -231,7 +231,7 @@ def _load(spec: str, what: str) -> Callable[..., Any]:
             raise CLIError(f"{what} {spec!r}: {module_name} has no attribute {attr!r}") from None
     if not callable(obj):
         raise CLIError(f"{what} {spec!r} is not callable")
-    return obj
+    return cast(Callable[..., Any], obj)
 
 
 def _key_from_file(args: argparse.Namespace) -> bytes | None:
@@ -244,7 +244,10 @@ def _key_from_file(args: argparse.Namespace) -> bytes | None:
     return _read(read_key_file, args.key_file, "key file")
 
 
-def _read(reader: Callable[[str], Any], path: str, what: str) -> Any:
+_T = TypeVar("_T")
+
+
+def _read(reader: Callable[[str], _T], path: str, what: str) -> _T:
     try:
         return reader(path)
     except OSError as e:
@@ -412,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("window", cmd_window, "run a window: connect, call TARGET with it, exit when it returns", [client, live])
     name = os.environ.get("ZPROKIT_NAME")
     p.add_argument("--name", default=name, required=not name, help="the window's name (default: $ZPROKIT_NAME)")
-    p.add_argument("--exit-with-main", action="store_true", help="close the window when the main closes")
+    p.add_argument("--exit-with-main", action=argparse.BooleanOptionalAction, default=True,
+                   help="close the window when the main says goodbye (default); --no-exit-with-main keeps reconnecting")
     p.add_argument("target", metavar="TARGET", help="module:function called with the connected Window")
 
     short_lived = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[client])
@@ -442,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = level or os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        return cast(int, args.func(args))
     except (CLIError, ZprokitError) as e:
         kind = "" if isinstance(e, CLIError) else f"{type(e).__name__}: "
         print(f"{PROG} {args.command}: error: {kind}{str(e).splitlines()[0]}", file=sys.stderr)

@@ -26,6 +26,8 @@ in the caller.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ZprokitError",
     "WindowNotFound",
@@ -96,7 +98,7 @@ class RemoteError(ZprokitError):
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
 
-    def __reduce__(self):  # keep all attributes across pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep all attributes across pickling
         return (
             type(self),
             (self.remote_type, self.remote_message, self.remote_traceback, self.origin),
@@ -152,7 +154,7 @@ class MessageTooLarge(ZprokitError, ValueError):
         super().__init__(message or f"a message of {size} bytes is over {peer!r}'s limit of {limit} bytes "
                                     f"(its max_payload); nothing was sent")
 
-    def __reduce__(self):  # keep all attributes across pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep all attributes across pickling
         return (type(self), (self.size, self.limit, self.peer, str(self)))
 
 

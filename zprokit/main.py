@@ -42,17 +42,18 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast, overload
 
 import zmq
 
 from . import protocol
-from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
+from ._callbacks import DEFAULT_CHANNEL, F, Listeners, registrar
 from ._common import (
     DEFAULT_TIMEOUT,
     MAIN_NAME,
     PendingRequests,
     check_channel,
+    check_endpoint,
     check_forked,
     check_liveness,
     check_timeout,
@@ -63,6 +64,7 @@ from ._common import (
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket
+from ._stats import MainStats
 from .errors import Closed, MessageTooLarge, QueueFull, NoHandler, PeerLost, Timeout, WindowNotFound
 from .events import Event, WindowInfo
 from .protocol import Header, Kind, Rejected
@@ -77,6 +79,9 @@ from .security import (
     user_id,
 )
 from .serializers import Serializer, get_serializer
+
+if TYPE_CHECKING:
+    from .spawn import WindowProcess
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +163,7 @@ class Main:
     ``PeerLost``. Pass the same ``heartbeat`` and ``liveness`` to the windows.
 
     Raises ``ValueError`` for a non-loopback bind without a key, and
-    ``zmq.ZMQError`` when the endpoint cannot be bound.
+    ``OSError`` when the endpoint cannot be bound (in use, no such address).
     """
 
     def __init__(
@@ -174,14 +179,16 @@ class Main:
         heartbeat: float = 1.0,
         liveness: int = 3,
         linger: float = 1.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         key_file: str | os.PathLike[str] | None = None,
         max_payload: int | None = None,
         curve_secret_key: bytes | str | None = None,
         curve_public_key: bytes | str | None = None,
         curve_allow: Mapping[str, bytes | str] | None = None,
     ) -> None:
-        endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT") or DEFAULT_ENDPOINT
+        endpoint = check_endpoint(endpoint or os.environ.get("ZPROKIT_ENDPOINT") or DEFAULT_ENDPOINT, bind=True)
+        if pub_endpoint is not None:
+            pub_endpoint = check_endpoint(pub_endpoint, bind=True)
         self._curve: CurveServer | None = None
         if curve_secret_key is not None:
             self._curve = CurveServer.create(curve_secret_key, curve_public_key, curve_allow)
@@ -232,13 +239,15 @@ class Main:
             self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._pub.bind(_bindable(pub_endpoint or _default_pub_endpoint(self.endpoint)))
             self.pub_endpoint: str = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        except Exception:
+        except Exception as e:
             self._router.close(0)
             self._pub.close(0)
             if self._zap is not None:
                 self._zap.stop()
             if self._own_context:
                 self._ctx.term()
+            if isinstance(e, zmq.ZMQError):  # no zmq exception escapes: a bind that failed is an OSError
+                raise OSError(e.errno, f"cannot bind {short(endpoint)}: {e.strerror}") from e
             raise
 
         # I/O-thread state
@@ -304,6 +313,16 @@ class Main:
 
     # ------------------------------------------------------------------ handlers
 
+    @overload
+    def on_msg_from_render(
+        self, handler: F, channel: str = ..., *, replace: bool = ..., inline: bool = ...
+    ) -> F: ...
+
+    @overload
+    def on_msg_from_render(
+        self, handler: str | None = ..., channel: str = ..., *, replace: bool = ..., inline: bool = ...
+    ) -> Callable[[F], F]: ...
+
     def on_msg_from_render(
         self, handler: Any = None, channel: str = DEFAULT_CHANNEL, *, replace: bool = False, inline: bool = False
     ) -> Any:
@@ -366,9 +385,13 @@ class Main:
         if not self._send_to(name, Kind.MESSAGE, 0, channel, payload, origin="", raise_full=True):
             raise WindowNotFound(name)
 
+    def send_msg_to_render(self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL) -> None:
+        """``main_msg_to_render`` under electron-prokit's newer name."""
+        self.main_msg_to_render(name, msg, channel=channel)
+
     def main_call_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
-    ) -> ReplyFuture:
+    ) -> ReplyFuture[Any]:
         """Ask window ``name``; the future resolves to the return value of its first callback on ``channel``.
 
         The future raises ``WindowNotFound``, ``NoHandler``, ``RemoteError``,
@@ -385,7 +408,7 @@ class Main:
         timeout = self.request_timeout if timeout is None else check_timeout(timeout)
         payload = self.serializer.dumps(msg)
         self._check_size(window, payload, channel)
-        future = ReplyFuture(f"main_call_render({name!r}, channel={channel!r})")
+        future: ReplyFuture[Any] = ReplyFuture(f"main_call_render({name!r}, channel={channel!r})")
         future.set_running_or_notify_cancel()
         msg_id = next(self._ids)
         self._pending.add(msg_id, future, timeout, target=name)
@@ -464,17 +487,30 @@ class Main:
         return [w.info for w in list(self._windows.values())]
 
     def wait_for_window(self, name: str, timeout: float = 10.0) -> WindowInfo:
-        """Block until window ``name`` is connected; raises ``Timeout`` after ``timeout`` s."""
+        """Block until window ``name`` is connected and ready; raises ``Timeout`` after ``timeout`` s.
+
+        Ready: a window made by ``create_window`` is ready once its target has
+        registered its callbacks (it waits in ``wait_closed()``, calls
+        ``window.ready()``, or returns), so what is sent after this returns
+        finds them. Any other window is ready when it connects.
+        """
         name = normalize_name(name)
         event = threading.Event()
         self._window_waiters.setdefault(name, []).append(event)
+        deadline = time.monotonic() + timeout
         try:
-            if self.get_window(name) is None:
-                event.wait(timeout)
-            info = self.get_window(name)
-            if info is None:
-                raise Timeout(f"window {name!r} did not connect within {timeout} s")
-            return info
+            while True:
+                info = self.get_window(name)
+                if info is not None and info.ready:
+                    return info
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    state = "did not connect" if info is None else (
+                        "connected but did not get ready (its target has neither waited in "
+                        "window.wait_closed() nor called window.ready())")
+                    raise Timeout(f"window {name!r} {state} within {timeout} s")
+                event.wait(min(left, threading.TIMEOUT_MAX))
+                event.clear()
         finally:
             waiters = self._window_waiters.get(name, [])
             if event in waiters:
@@ -501,7 +537,7 @@ class Main:
         assert self._zap is not None
         self._zap.allow_key(name, public_key)  # one dict store: safe beside the I/O thread's reads
 
-    def create_window(self, name: str, target: Any, **options: Any) -> Any:
+    def create_window(self, name: str, target: Any, **options: Any) -> WindowProcess:
         """Start a window process on this machine; see ``zprokit.spawn.create_window``."""
         from .spawn import create_window
 
@@ -510,8 +546,8 @@ class Main:
         self._processes.append(handle)
         return handle
 
-    def stats(self) -> dict[str, Any]:
-        """Counters: messages in and out, requests served, windows, rejections by reason."""
+    def stats(self) -> MainStats:
+        """Counters: messages in and out, requests served, windows, rejections by reason (keys: ``MainStats``)."""
         stats: dict[str, Any] = {
             "messages_in": 0,
             "messages_out": 0,
@@ -529,7 +565,7 @@ class Main:
         stats["pending_routes"] = len(self._routes)  # window -> window requests being carried
         stats["requests_queued"] = len(self._serving)  # windows' requests waiting for the handler pool
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
-        return stats
+        return cast(MainStats, stats)
 
     def _describe_windows(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -589,7 +625,7 @@ class Main:
             if self.close_reason is None:
                 self.close_reason = exc
 
-        def closed_error(future: ReplyFuture) -> BaseException:
+        def closed_error(future: ReplyFuture[Any]) -> BaseException:
             error = Closed(f"{future.description}: the main's I/O thread failed: {exc!r}")
             error.__cause__ = exc
             return error
@@ -615,12 +651,13 @@ class Main:
         if self._zap is not None:
             self._zap.stop()
 
-    def _reject(self, reason: str, detail: Any = "") -> None:
+    def _reject(self, reason: str, detail: Any = "", raw: list[Any] | None = None) -> None:
         self._rejected[reason] += 1
+        peer = _PeerAddress(raw[-1] if raw else None)  # looked up only if the line is written
         if reason in REJECTION_REASONS:  # a sign of an attack or a misconfigured peer: say so, but not per message
-            self._warn.warning(reason, "main dropped a message (%s): %s", reason, detail)
+            self._warn.warning(reason, "main dropped a message from %s (%s): %s", peer, reason, detail)
         else:
-            log.debug("main dropped a message: %s %s", reason, detail)
+            log.debug("main dropped a message from %s: %s %s", peer, reason, detail)
 
     def _on_zap_denied(self, key: bytes) -> None:
         self._reject("unauthenticated", f"a CURVE key not on the allow-list ({key.decode()})")
@@ -645,7 +682,7 @@ class Main:
         for name in list(self._windows):
             self._send_to(name, Kind.PING, 0, "", (), origin="")
 
-    def _on_xpub(self, frames: list[zmq.Frame]) -> None:
+    def _on_xpub(self, frames: list[Any]) -> None:
         event = frames[0]  # bytes: the one frame of a subscription event
         if not event:
             return
@@ -679,7 +716,7 @@ class Main:
                     return
             self._on_verified(raw)
         except Rejected as e:
-            self._reject(e.reason, e)
+            self._reject(e.reason, e, raw)
 
     def _serve_fast(self, ident: bytes, fields: tuple[Any, ...]) -> bool:
         """A registered window's request for one of our handlers, served in fewer steps
@@ -699,7 +736,7 @@ class Main:
         self._serve(source, entry[0], entry[1], channel, msg_id, (payload,))
         return True
 
-    def _on_verified(self, raw: list[zmq.Frame]) -> None:
+    def _on_verified(self, raw: list[Any]) -> None:  # raw[0]: the routing id (bytes), then zmq.Frames
         if len(raw) < 2:
             raise Rejected("malformed", "no frames")
         frames = [f.buffer for f in raw[1:]]
@@ -855,6 +892,7 @@ class Main:
             address=address,
             serializer=self.serializer.name,
             session=h.session.hex(),
+            ready=hello.get("ready", True) is not False,
         )
         self._joining[name] = _Window(info, h.session, time.monotonic(), ident=ident,
                                       max_size=_size_field(hello, "max_payload"))
@@ -872,13 +910,14 @@ class Main:
         for event in self._window_waiters.get(name, ()):
             event.set()
         for cb in self._connected_cbs.get(None):
-            self._dispatch.submit(lambda cb=cb: cb(window.info), lane="presence")
+            # (the cast: mypy cannot infer a lambda with a default argument as a Callable[[], None])
+            self._dispatch.submit(cast(Callable[[], None], lambda cb=cb: cb(window.info)), lane="presence")
 
     def _check_liveness(self) -> None:
         """Heartbeat tick: windows not heard from for ``heartbeat * liveness`` s leave."""
         if self._closed:
             return
-        self._loop.call_later(self.heartbeat, self._check_liveness)
+        self._loop.call_later(self.heartbeat / 4, self._check_liveness)  # lost within a quarter beat of the limit
         now = time.monotonic()
         limit = self.heartbeat * self.liveness
         for name, window in list(self._windows.items()):
@@ -926,7 +965,7 @@ class Main:
             self._serving.pop(key).cancelled = True
         log.info("window %r disconnected (%s)", name, reason)
         for cb in self._disconnected_cbs.get(None):
-            self._dispatch.submit(lambda cb=cb: cb(window.info), lane="presence")
+            self._dispatch.submit(cast(Callable[[], None], lambda cb=cb: cb(window.info)), lane="presence")
 
     # --- messages from registered windows ------------------------------------
 
@@ -1115,8 +1154,8 @@ class Main:
         if h.target:  # routed: forget the route, and tell the window that has it
             msg_id = self._route_ids.get((name, h.msg_id))
             route = None if msg_id is None else self._pop_route(msg_id)
-            if route is not None:
-                self._send_to(route.target, Kind.CANCEL, msg_id, "", (), origin=name)
+            if route is not None:  # so msg_id is not None
+                self._send_to(route.target, Kind.CANCEL, cast(int, msg_id), "", (), origin=name)
             return
         serving = self._serving.pop((name, h.msg_id), None)
         if serving is not None:
@@ -1154,6 +1193,20 @@ class Main:
     def _on_bye(self, name: str, msg: protocol.Message) -> None:
         self._drop_window(name, "closed")
 
+    def _on_ready(self, name: str, msg: protocol.Message) -> None:
+        window = self._windows[name]
+        if not window.info.ready:
+            window.info = dataclasses.replace(window.info, ready=True)
+            for event in self._window_waiters.get(name, ()):
+                event.set()
+
+    def _on_unhandled(self, name: str, msg: protocol.Message) -> None:
+        """A window had no callback for a one-way message: counted here, where senders look."""
+        h = msg.header
+        self._stats["unhandled"] += 1
+        self._warn.warning("unhandled", "window %r had no callback on channel %r for a message from %s",
+                           name, h.channel, h.target or MAIN_NAME)
+
     def _on_ping(self, name: str, msg: protocol.Message) -> None:
         self._send_to(name, Kind.PONG, msg.header.msg_id, "", (), origin="")
 
@@ -1169,6 +1222,8 @@ class Main:
         Kind.PING: _on_ping,
         Kind.PONG: _on_pong,
         Kind.CANCEL: _on_cancel,
+        Kind.READY: _on_ready,
+        Kind.UNHANDLED: _on_unhandled,
     }
 
     # --- sending (any thread) ------------------------------------------------------
@@ -1265,11 +1320,24 @@ class Main:
 # ---------------------------------------------------------------------------- helpers
 
 
+class _PeerAddress:
+    """A message's peer address for a log line, looked up when the line is written."""
+
+    __slots__ = ("_frame",)
+
+    def __init__(self, frame: Any) -> None:
+        self._frame = frame
+
+    def __str__(self) -> str:
+        address = _peer_address(self._frame) if isinstance(self._frame, zmq.Frame) else ""
+        return address or "an unknown address"
+
+
 def _peer_name(ident: bytes) -> str:
     return ident.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def _closed_error(future: ReplyFuture) -> BaseException:
+def _closed_error(future: ReplyFuture[Any]) -> BaseException:
     return Closed(f"{future.description}: the main was closed with the request pending")
 
 
@@ -1323,7 +1391,7 @@ def _decode_ident(ident: bytes) -> str:
 
 def _peer_address(frame: zmq.Frame) -> str:
     try:
-        return frame.get("Peer-Address")
+        return cast(str, frame.get("Peer-Address"))
     except zmq.ZMQError:  # not every transport knows one
         return ""
 

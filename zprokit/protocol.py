@@ -118,6 +118,8 @@ class Kind(enum.IntEnum):
     BYE = 22  # the sender is closing
     CLOSE = 23  # main -> window: please close
     CANCEL = 24  # the caller of REQUEST msg_id gave up (timed out): do not start it
+    READY = 25  # window -> main: its callbacks are registered (create_window's windows)
+    UNHANDLED = 26  # window -> main: a one-way message on ``channel`` found no callback
 
 
 _KINDS.update((int(k), k) for k in Kind)

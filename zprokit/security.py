@@ -30,13 +30,12 @@ import socket
 import stat
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast, overload
 
 import zmq
 from zmq.auth.base import Authenticator
 from zmq.utils import z85
 
-from ._common import MAIN_NAME
 
 __all__ = [
     "ENV_KEY",
@@ -181,12 +180,12 @@ def resolve_key(
     others; ``OSError`` when ``key_file`` cannot be read.
     """
     if key is not None:
-        return _as_bytes(key)
+        return _warn_if_weak(_as_bytes(key), "key=")
     if key_file is not None:
-        return read_key_file(key_file)
+        return _warn_if_weak(read_key_file(key_file), f"the key file {key_file}")
     found = env_key()
     if found:
-        return found
+        return _warn_if_weak(found, "the environment")
     if curve_server_key is not None:
         return derive_key_from_curve(curve_server_key)
     if role == "main" and endpoint is not None and is_local_endpoint(endpoint):
@@ -202,6 +201,23 @@ def resolve_key(
         f"a window needs the main's key: pass key=... or key_file=..., or set {ENV_KEY} or {ENV_KEY_FILE} "
         "(windows made with create_window get it automatically)"
     )
+
+
+MIN_KEY_BYTES = 16  # 128 bits, if every byte were random
+
+
+def _warn_if_weak(key: bytes, source: str) -> bytes:
+    """Warn (not refuse: the owner may know better) about a key that is short or plainly guessable.
+
+    Whoever guesses the key can make every peer unpickle what they send. A key made by
+    ``zprokit keygen`` (32 random bytes, hex) passes; "secret", or one byte repeated, does not.
+    """
+    distinct = len(set(key))
+    if len(key) < MIN_KEY_BYTES or distinct < 8:
+        log.warning(
+            "the key from %s is weak (%d bytes, %d distinct): whoever guesses it can run code in every "
+            "peer; make one with `zprokit keygen -o FILE` (or zprokit.generate_key())", source, len(key), distinct)
+    return key
 
 
 # --- CURVE -----------------------------------------------------------------------------------
@@ -239,6 +255,14 @@ def _public_of(secret: bytes, public: bytes | str | None, what: str) -> bytes:
 MAX_NAME_BYTES = 255 - 1 - 32
 
 
+@overload
+def normalize_name(name: str) -> str: ...
+
+
+@overload
+def normalize_name(name: Any) -> Any: ...
+
+
 def normalize_name(name: Any) -> Any:
     """``name`` in Unicode normal form NFC, so "café" typed either way is one window; a non-str as it is."""
     if isinstance(name, str) and not name.isascii():
@@ -250,8 +274,6 @@ def check_window_name(name: Any) -> str | None:
     """Why ``name`` cannot be a window's name, or None if it can."""
     if not isinstance(name, str) or not name:
         return "a window name must be a non-empty string"
-    if name == MAIN_NAME:
-        return f"{MAIN_NAME!r} is the main's name"
     if "\0" in name:
         return "a window name cannot contain NUL"
     try:
@@ -290,7 +312,7 @@ class CurveServer:
             names[z] = name
         return cls(secret, _public_of(secret, public_key, "curve_secret_key's"), names)
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket[Any]) -> None:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
 
@@ -321,7 +343,7 @@ class CurveClient:
         public = _public_of(secret, public_key, "curve_secret_key's")
         return cls(secret, public, curve_key(server_key, "curve_server_key"))
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket[Any]) -> None:
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
@@ -361,7 +383,7 @@ class ZapHandler(Authenticator):
     owns it. ``on_denied(z85_key)`` is called for each key refused.
     """
 
-    def __init__(self, context: zmq.Context, names: Mapping[bytes, str], on_denied: Callable[[bytes], None]) -> None:
+    def __init__(self, context: zmq.Context[Any], names: Mapping[bytes, str], on_denied: Callable[[bytes], None]) -> None:
         super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
         self._names = dict(names)
         self._on_denied = on_denied
@@ -419,6 +441,6 @@ def _run_now(result: Any) -> None:
 def user_id(frame: zmq.Frame) -> str | None:
     """The ZAP User-Id a received message came with, or None (no ZAP handler answered for it)."""
     try:
-        return frame.get("User-Id")
+        return cast(str, frame.get("User-Id"))
     except zmq.ZMQError:
         return None

@@ -21,15 +21,16 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, cast, overload
 
 import zmq
 
 from . import protocol
-from ._callbacks import DEFAULT_CHANNEL, Listeners, registrar
+from ._callbacks import DEFAULT_CHANNEL, F, Listeners, registrar
 from ._dispatch import Dispatcher, call_handler
 from ._futures import ReplyFuture
 from ._loop import IOLoop, SharedSocket, recv_message
+from ._stats import WindowStats
 from .errors import (
     AuthenticationError,
     Closed,
@@ -48,6 +49,7 @@ from ._common import (
     MAX_WAIT,
     PendingRequests,
     check_channel,
+    check_endpoint,
     check_forked,
     check_interval,
     check_liveness,
@@ -83,8 +85,14 @@ class Window:
     ``ZPROKIT_CURVE_SERVER_KEY``; ``curve_public_key`` is derived, or
     checked if given), ``timeout`` for the handshake, ``request_timeout`` the
     default for requests, ``workers`` the callback pool's size,
-    ``serializer`` (must match the main's), ``exit_with_main``: close this
-    window when the main says goodbye (windows made by ``create_window`` do),
+    ``serializer`` (must match the main's), ``exit_with_main`` (default True):
+    close this window when the main says goodbye (a deliberate ``close()``;
+    ``close_reason`` says so; a main that vanishes without a goodbye is
+    reconnected to either way), False to keep reconnecting after a goodbye too;
+    ``ready`` (default True): False makes the main's ``wait_for_window`` wait
+    until this window calls ``ready()``, or first waits in ``wait_closed()``
+    (``create_window``'s windows do this, so their target's callbacks are
+    registered before the main sends them anything);
     ``max_payload``: the largest message (in bytes on the wire) this window
     reads; the main is told in the handshake and refuses larger ones with
     ``MessageTooLarge`` before sending. The main's own limit comes back the
@@ -118,26 +126,25 @@ class Window:
         request_timeout: float = DEFAULT_TIMEOUT,
         workers: int = 4,
         serializer: str | Serializer | None = None,
-        exit_with_main: bool = False,
+        exit_with_main: bool = True,
         heartbeat: float = 1.0,
         liveness: int = 3,
         reconnect: bool = True,
         max_backoff: float = 5.0,
         give_up_after: float | None = None,
         linger: float = 1.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         key_file: str | os.PathLike[str] | None = None,
         curve_secret_key: bytes | str | None = None,
         curve_public_key: bytes | str | None = None,
         curve_server_key: bytes | str | None = None,
         max_payload: int | None = None,
+        ready: bool = True,
     ) -> None:
         name = normalize_name(name or os.environ.get("ZPROKIT_NAME"))
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT")
         if not name or not isinstance(name, str):
             raise ValueError("a window needs a name: pass name=... or set ZPROKIT_NAME")
-        if name == MAIN_NAME:
-            raise ValueError(f"{MAIN_NAME!r} is the main's name; pick another")
         problem = check_window_name(name)
         if problem:
             raise ValueError(f"{problem}: {short(name)}")
@@ -147,6 +154,7 @@ class Window:
         self.max_payload = max_payload
         if not endpoint:
             raise ValueError("a window needs the main's endpoint: pass endpoint=... or set ZPROKIT_ENDPOINT")
+        endpoint = check_endpoint(endpoint, bind=False)
         self.name = name
         self.endpoint = endpoint
         self._curve = CurveClient.create(curve_secret_key, curve_public_key, curve_server_key)
@@ -169,10 +177,10 @@ class Window:
         self._linger_ms = int(linger * 1000)
 
         # I/O-thread state
-        self._probe: zmq.Socket | None = None
+        self._probe: zmq.Socket[Any] | None = None
         self._dealer: SharedSocket | None = None  # any thread sends on it; the loop reads
-        self._monitor: zmq.Socket | None = None
-        self._sub: zmq.Socket | None = None
+        self._monitor: zmq.Socket[Any] | None = None
+        self._sub: zmq.Socket[Any] | None = None
         self._sub_topics: list[bytes] = []
         self._sub_endpoint = ""
         self._last_pub = 0.0  # when the SUB last brought anything (a broadcast, the main's heartbeat)
@@ -182,7 +190,7 @@ class Window:
         self._attempt = 0  # handshakes started; a timer of an earlier attempt is stale
         self._failures = 0  # reconnect attempts since the main was lost (backoff exponent)
         self._lost_at: float | None = None
-        self._last_seen = self._last_sent = 0.0
+        self._last_seen = self._last_sent = self._last_ping = 0.0
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
@@ -197,7 +205,7 @@ class Window:
         self._due: dict[Any, list[Callable[[], None]]] = {}
         self._rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
-        self._probe_monitor: zmq.Socket | None = None
+        self._probe_monitor: zmq.Socket[Any] | None = None
 
         # shared
         self._from_main = Listeners()
@@ -210,6 +218,7 @@ class Window:
         self._close_lock = threading.Lock()
         self._shut = False  # close() has run (or runs)
         self._born, self._pid = fork_generation(), os.getpid()
+        self._is_ready = ready
         # Requests from the main or other windows waiting in the pool, by the main's msg_id, so a
         # caller that gives up (CANCEL) stops them before they start (loop adds, a worker pops).
         self._serving: dict[int, _Serving] = {}
@@ -231,6 +240,12 @@ class Window:
 
     # ------------------------------------------------------------------ listeners
 
+    @overload
+    def on_msg_from_main(self, cb: F, channel: str = ...) -> F: ...
+
+    @overload
+    def on_msg_from_main(self, cb: str | None = ..., channel: str = ...) -> Callable[[F], F]: ...
+
     def on_msg_from_main(self, cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
         """Call ``cb(event, args)`` for messages from the main on ``channel``.
 
@@ -244,12 +259,24 @@ class Window:
         """Stop calling ``cb`` (on ``channel`` only, if given); True if it was registered."""
         return self._from_main.remove(cb, channel)
 
+    @overload
+    def on_render_msg_to_render(self, cb: F, channel: str = ...) -> F: ...
+
+    @overload
+    def on_render_msg_to_render(self, cb: str | None = ..., channel: str = ...) -> Callable[[F], F]: ...
+
     def on_render_msg_to_render(self, cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
         """Call ``cb(event, args)`` for messages from other windows; ``event.sender`` names the source."""
         return registrar(self._add(self._from_render), cb, {"channel": channel})
 
     def off_render_msg_to_render(self, cb: Callable[..., Any], channel: str | None = None) -> bool:
         return self._from_render.remove(cb, channel)
+
+    @overload
+    def on_broadcast(self, cb: F, *, topic: str = ...) -> F: ...
+
+    @overload
+    def on_broadcast(self, cb: str | None = ..., *, topic: str = ...) -> Callable[[F], F]: ...
 
     def on_broadcast(self, cb: Any = None, *, topic: str = "") -> Any:
         """Call ``cb(event, msg)`` for broadcasts whose topic starts with ``topic`` (``""``: all)."""
@@ -270,7 +297,7 @@ class Window:
 
     def render_msg_to_main(
         self, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
-    ) -> ReplyFuture:
+    ) -> ReplyFuture[Any]:
         """Ask the main's handler on ``channel``; the future resolves to its return value.
 
         The future raises ``NoHandler`` (at once, when the main has no handler),
@@ -281,7 +308,7 @@ class Window:
 
     def render_msg_to_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
-    ) -> ReplyFuture:
+    ) -> ReplyFuture[None]:
         """Send ``msg`` one-way to window ``name`` through the main.
 
         The future resolves to ``None`` once the main has routed it to a live
@@ -293,20 +320,20 @@ class Window:
 
     def render_call_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
-    ) -> ReplyFuture:
+    ) -> ReplyFuture[Any]:
         """Ask window ``name``; resolves to the return value of its first ``on_render_msg_to_render`` callback."""
         name = _check_target(name)
         return self._request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
 
     def _request(
         self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str
-    ) -> ReplyFuture:
+    ) -> ReplyFuture[Any]:
         self._check_open()
         check_channel(channel)
         timeout = self.request_timeout if timeout is None else check_timeout(timeout)
         payload = self.serializer.dumps(msg)
         self._check_size(payload, target, channel)
-        future = ReplyFuture(description)
+        future: ReplyFuture[Any] = ReplyFuture(description)
         future.set_running_or_notify_cancel()
         future._reader = self._read_for
         msg_id = next(self._ids)
@@ -349,18 +376,53 @@ class Window:
         """True while registered with a live main."""
         return self._connected and not self._closed
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WindowStats:
+        """Counters (keys: ``WindowStats``)."""
         stats: dict[str, Any] = {"messages_in": 0, "messages_out": 0, "unhandled": 0, "callback_errors": 0}
         stats.update(self._stats)
         stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
         stats["requests_queued"] = len(self._serving)  # calls to us waiting for the callback pool
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
-        return stats
+        return cast(WindowStats, stats)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until this window is closed (by ``close()``, the main's ``destroy_window``,
-        or, with ``exit_with_main``, the main's goodbye). True if it closed in time."""
-        return self._closed_event.wait(timeout)
+        or, with ``exit_with_main``, the main's goodbye). True if it closed in time.
+
+        Waiting here means the window's callbacks are in place: it calls ``ready()`` first."""
+        self.ready()
+        return self._closed_event.wait(None if timeout is None or timeout >= threading.TIMEOUT_MAX else timeout)
+
+    def ready(self) -> None:
+        """Tell the main this window's callbacks are registered: its ``wait_for_window`` returns.
+        Idempotent; only needed for a window made with ``ready=False`` (as ``create_window``'s are)."""
+        if self._is_ready:
+            return
+        self._is_ready = True
+        self._send(Kind.READY, 0, "", "", ())  # if not connected, the next handshake says it
+
+    # electron-prokit's newer names
+    def send_msg_to_main(
+        self, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> ReplyFuture[Any]:
+        """``render_msg_to_main`` under electron-prokit's newer name."""
+        return self.render_msg_to_main(msg, channel=channel, timeout=timeout)
+
+    def send_msg_to_other_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> ReplyFuture[None]:
+        """``render_msg_to_render`` under electron-prokit's newer name."""
+        return self.render_msg_to_render(name, msg, channel=channel, timeout=timeout)
+
+    @overload
+    def on_msg_from_other_render(self, cb: F, channel: str = ...) -> F: ...
+
+    @overload
+    def on_msg_from_other_render(self, cb: str | None = ..., channel: str = ...) -> Callable[[F], F]: ...
+
+    def on_msg_from_other_render(self, cb: Any = None, channel: str = DEFAULT_CHANNEL) -> Any:
+        """``on_render_msg_to_render`` under electron-prokit's newer name."""
+        return self.on_render_msg_to_render(cb, channel)
 
     def close(self) -> None:
         """Tell the main goodbye, flush what was sent, stop every thread. Idempotent."""
@@ -403,7 +465,7 @@ class Window:
                 self.close_reason = exc
         self._connected = False
 
-        def closed_error(future: ReplyFuture) -> BaseException:
+        def closed_error(future: ReplyFuture[Any]) -> BaseException:
             error = Closed(f"{future.description}: window {self.name!r}'s I/O thread failed: {exc!r}")
             error.__cause__ = exc
             return error
@@ -434,7 +496,12 @@ class Window:
             # The main's ZAP handler refusing our key is told in the CURVE handshake, not in a message.
             self._probe_monitor = probe.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             self._loop.add_socket(self._probe_monitor, self._on_probe_refused)
-        probe.connect(self.endpoint)
+        try:
+            probe.connect(self.endpoint)
+        except zmq.ZMQError as e:  # checked at construction; a name that cannot resolve may still fail here
+            probe.close(0)
+            self._fail_handshake(ValueError(f"cannot connect to {short(self.endpoint)}: {e}"))
+            return
         self._probe = probe
         self._loop.add_socket(probe, self._on_probe)
         hello = {
@@ -444,6 +511,7 @@ class Window:
             "serializer": self.serializer.name,
             "timeout": min(self.timeout, MAX_WAIT),  # JSON has no infinity
             "max_payload": self.max_payload,
+            "ready": self._is_ready,
         }
         header = Header(Kind.HELLO, 0, next(self._seq), self.session, protocol.NO_SESSION, self.name)
         probe.send_multipart(protocol.pack(self._signer, header, [protocol.encode_body(hello)]))
@@ -558,9 +626,19 @@ class Window:
             self._monitor.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        # What the main sent before it went (its goodbye, a last reply) may still wait unread:
+        # read it first, or a goodbye would look like a crash, and an answer would be lost.
+        dealer = self._dealer
+        if dealer is not None and dealer.rx.acquire(blocking=False):
+            try:
+                for frames in dealer.drain():
+                    self._on_dealer(frames)
+            finally:
+                dealer.rx.release()
+            self._flush_due()
         self._lose_main("its connection closed")
 
-    def _connect_sub(self, sub: zmq.Socket) -> None:
+    def _connect_sub(self, sub: zmq.Socket[Any]) -> None:
         for topic in self._sub_topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         sub.connect(self._sub_endpoint)
@@ -659,7 +737,7 @@ class Window:
         else:
             self._loop.call_soon(functools.partial(fn, *args))
 
-    def _read_for(self, future: ReplyFuture, timeout: float | None) -> float | None:
+    def _read_for(self, future: ReplyFuture[Any], timeout: float | None) -> float | None:
         """Wait for ``future`` by reading the DEALER on this (the waiting) thread.
 
         The answer then needs no handoff from the I/O thread, which stops
@@ -814,7 +892,7 @@ class Window:
         listeners = self._from_render if h.source else self._from_main
         callbacks = listeners.get(h.channel)
         event = Event(sender=sender, channel=h.channel, kind="request" if h.kind == Kind.REQUEST else "message",
-                      receiver=self.name)
+                      receiver=self.name, from_main=not h.source)
         if h.kind == Kind.REQUEST:
             if not callbacks:
                 body = protocol.error_body(NoHandler(h.channel, self.name), self.name)
@@ -827,6 +905,8 @@ class Window:
             self._stats["unhandled"] += 1
             self._warn.warning("unhandled", "window %r: no callback for a message from %s on channel %r",
                                self.name, sender, h.channel)
+            # Counted where the sender's side can see it too: the main's stats()["unhandled"].
+            self._send(Kind.UNHANDLED, 0, h.source, h.channel, ())
             return
         payload = msg.payload
 
@@ -890,7 +970,8 @@ class Window:
         if not callbacks:
             self._stats["unhandled"] += 1
             return
-        event = Event(sender=MAIN_NAME, channel=topic, kind="broadcast", topic=topic, receiver=self.name)
+        event = Event(sender=MAIN_NAME, channel=topic, kind="broadcast", topic=topic, receiver=self.name,
+                      from_main=True)
 
         def deliver() -> None:
             args = self.serializer.loads(payload)
@@ -906,7 +987,9 @@ class Window:
     def _on_bye(self, msg: protocol.Message) -> None:
         self._lose_main("the main closed", retry=not self.exit_with_main)
         if self.exit_with_main:
-            self._close_in_background(PeerLost("the main closed"))
+            self._close_in_background(PeerLost(
+                f"the main at {self.endpoint} was closed (it said goodbye); "
+                "Window(exit_with_main=False) keeps a window reconnecting after that"))
 
     def _close_in_background(self, reason: BaseException | None) -> None:
         if self.close_reason is None:
@@ -943,14 +1026,16 @@ class Window:
         """Heartbeat: ping a quiet main, and declare a silent one lost."""
         if self._closed:
             return
-        self._loop.call_later(self.heartbeat, self._tick)
+        self._loop.call_later(self.heartbeat / 4, self._tick)  # lost within a quarter beat of the limit
         if not self._connected:
             return
         now = time.monotonic()
         if now - self._last_seen > self.heartbeat * self.liveness:
             self._lose_main(f"no answer for {now - self._last_seen:.1f} s")
             return
-        if now - self._last_seen >= self.heartbeat or now - self._last_sent >= self.heartbeat:
+        quiet = now - self._last_seen >= self.heartbeat or now - self._last_sent >= self.heartbeat
+        if quiet and now - self._last_ping >= self.heartbeat:  # at most one ping a heartbeat
+            self._last_ping = now
             self._send(Kind.PING, 0, "", "", ())
         self._check_sub(now)
 
