@@ -34,6 +34,7 @@ import zmq
 
 from conftest import Inbox, wait_until
 from zprokit import AuthenticationError, Main, ProtocolError, Window
+from zprokit.security import subscriber_token
 from zprokit.protocol import (
     BROADCAST_PREFIX, CONTROL_PREFIX, NO_SESSION, VERSION, Header, Kind, Message, Signer,
     decode_body, encode_body, is_denial, pack, unpack,
@@ -255,6 +256,9 @@ class RawWindow:
         self.sub.setsockopt(zmq.LINGER, 0)
         if curve is not None:
             self.sub.curve_serverkey, self.sub.curve_publickey, self.sub.curve_secretkey = curve
+        elif body.get("pub_auth") == "plain":  # the PUB port admits only windows that handshook
+            self.sub.plain_username = name.encode()
+            self.sub.plain_password = subscriber_token(key, name, body["nonce"]).encode()
         self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL_PREFIX + f"{name}\0{body['nonce']}".encode())
         self.sub.connect("tcp://127.0.0.1:" + body["pub"].rsplit(":", 1)[1])
         self.ident = f"{name}\0{body['nonce']}".encode()

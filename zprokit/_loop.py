@@ -263,8 +263,9 @@ class IOLoop:
     def add_socket(self, socket: zmq.Socket[Any], on_readable: Callable[[], None]) -> None:
         """Watch ``socket`` (the loop's alone); ``on_readable`` runs on the loop while it has input."""
         fd = cast(int, socket.getsockopt(zmq.FD))
+        if fd not in self._handlers:  # watched already (a resume after a renewal): just look again
+            self._poller.register(fd, select.EPOLLIN)
         self._handlers[fd] = (socket, on_readable)
-        self._poller.register(fd, select.EPOLLIN)
         self._recheck.add(fd)  # input may be waiting already: the descriptor only signals changes
         self._more = True
 

@@ -122,9 +122,9 @@ def off_msg_from_render(channel: str = DEFAULT_CHANNEL) -> bool:
     return get_main().off_msg_from_render(channel)
 
 
-def main_msg_to_render(name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL) -> None:
+def main_msg_to_render(name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None) -> None:
     """``Main.main_msg_to_render``: one-way; ``WindowNotFound`` at once for an unknown name."""
-    get_main().main_msg_to_render(name, msg, channel=channel)
+    get_main().main_msg_to_render(name, msg, channel=channel, timeout=timeout)
 
 
 def main_call_render(

@@ -30,6 +30,7 @@ is listed for) against the name claimed: in HELLO, then in the routing id.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -45,12 +46,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, cast, overload
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
 from ._callbacks import DEFAULT_CHANNEL, F, Listeners, registrar
 from ._common import (
     DEFAULT_TIMEOUT,
     MAIN_NAME,
+    MAX_WAIT,
     PendingRequests,
     check_channel,
     check_endpoint,
@@ -72,8 +75,10 @@ from ._ratelimit import RateLimitedLog
 from .security import (
     REJECTION_REASONS,
     CurveServer,
+    PUB_DOMAIN,
     ZapHandler,
     check_window_name,
+    subscriber_token,
     normalize_name,
     resolve_key,
     user_id,
@@ -102,6 +107,13 @@ class _Window:
     # to whoever claims it last).
     ident: bytes = b""
     max_size: int | None = None  # the largest message it reads (its max_payload, from HELLO)
+    fd: int | None = None  # the descriptor of its connection, so a hang-up names it (see _on_monitor)
+    # Flow control of one-way messages (under Main._credit_lock): the window reads at most
+    # `credit` (its max_queued; None: it did not say) that it has not handled yet; routed ones
+    # past that wait here, at most as many again, their ACKs held back, so senders slow down.
+    credit: int | None = None
+    in_flight: int = 0
+    waiting: collections.deque[tuple[str, protocol.Message]] = dataclasses.field(default_factory=collections.deque)
 
 
 @dataclass
@@ -139,7 +151,10 @@ class Main:
     else random, loopback and ipc only;
     ``pub_endpoint`` for the broadcast socket (default: same host, any port);
     ``request_timeout``, the default timeout of requests in seconds; ``workers``, the handler pool's
-    size; ``serializer`` (``"pickle"`` or ``"json"``); ``context``, a ``zmq.Context`` to
+    size; ``max_queued`` (default 1000), how many windows' calls may wait for
+    the pool: past it a call is answered at once with ``QueueFull``, so a
+    burst never piles up unbounded (calls whose callers gave up meanwhile are
+    dropped unrun, see ``CANCEL``); ``serializer`` (``"pickle"`` or ``"json"``); ``context``, a ``zmq.Context`` to
     use instead of a private one.
 
     Limits: ``max_payload``, the largest message (all its frames, so the
@@ -174,6 +189,7 @@ class Main:
         pub_endpoint: str | None = None,
         request_timeout: float = DEFAULT_TIMEOUT,
         workers: int = 8,
+        max_queued: int = 1000,
         serializer: str | Serializer | None = None,
         max_message_size: int | None = None,
         heartbeat: float = 1.0,
@@ -203,6 +219,9 @@ class Main:
         self.heartbeat, self.liveness = check_liveness(heartbeat, liveness)
         self.key = resolve_key(key, key_file=key_file, endpoint=endpoint, role="main", curve_server_key=self.curve_public_key)
         self.request_timeout = check_timeout(request_timeout, "request_timeout")
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+            raise ValueError(f"max_queued must be a positive number of calls, got {short(max_queued)}")
+        self.max_queued = max_queued
         self.serializer = get_serializer(serializer)
         self.max_message_size = max_message_size
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
@@ -214,11 +233,24 @@ class Main:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._pub = self._ctx.socket(zmq.XPUB)
         self._zap: ZapHandler | None = None
+        self._pub_auth = False  # the PUB port admits only registered windows' SUBs (PLAIN, see security)
         try:
             if self._curve is not None:
                 # Bound before the sockets: with no ZAP handler, libzmq lets every CURVE client in.
                 self._zap = ZapHandler(self._ctx, self._curve.names, self._on_zap_denied)
                 self._zap.start()
+            else:
+                # Without CURVE, strangers are still kept off the PUB port: a window's SUB presents
+                # a password only its handshake gave it, checked by ZAP before any subscription.
+                zap = ZapHandler(self._ctx, {}, self._on_zap_denied, self._on_subscriber_denied)
+                try:
+                    zap.start()
+                except ValueError as e:  # a context shared with another main: it has the ZAP endpoint
+                    log.warning("main: the broadcast port admits any subscriber: %s", e)
+                else:
+                    self._zap, self._pub_auth = zap, True
+                    self._pub.setsockopt(zmq.PLAIN_SERVER, 1)
+                    self._pub.setsockopt(zmq.ZAP_DOMAIN, PUB_DOMAIN.encode())
             # Broadcasts are never dropped at the high-water mark: broadcast() waits for room and
             # tells its caller (QueueFull) when there is none. A window's host that vanished
             # without a word would hold its queue full until TCP gave up, for ever with the
@@ -275,6 +307,9 @@ class Main:
         self._rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
         self._sweep_due = False
+        self._by_fd: dict[int, str] = {}  # registered windows by their connection's descriptor
+        self._credit_lock = threading.Lock()  # every _Window's credit, in_flight and waiting
+        self._credit_freed = threading.Condition(self._credit_lock)  # a CREDIT came, or a window left
 
         # user-facing state, shared
         self._handlers: dict[str, tuple[Callable[..., Any], bool]] = {}
@@ -368,11 +403,16 @@ class Main:
 
     # ------------------------------------------------------------------ sending
 
-    def main_msg_to_render(self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL) -> None:
+    def main_msg_to_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> None:
         """Send ``msg`` one-way to window ``name``'s ``on_msg_from_main`` callbacks.
 
         Raises ``WindowNotFound`` at once if no window of that name is
-        connected, ``Closed`` after ``close()``.
+        connected, ``Closed`` after ``close()``. Backpressure: a window holds
+        at most its ``max_queued`` one-way messages unhandled; past that this
+        waits for it to catch up, at most ``timeout`` s (default
+        ``request_timeout``), then raises ``QueueFull`` (nothing sent).
         """
         self._check_open()
         check_channel(channel)
@@ -382,12 +422,37 @@ class Main:
             raise WindowNotFound(name)
         payload = self.serializer.dumps(msg)
         self._check_size(window, payload, channel)
-        if not self._send_to(name, Kind.MESSAGE, 0, channel, payload, origin="", raise_full=True):
+        limit = self.request_timeout if timeout is None else check_timeout(timeout)
+        if self._loop.in_loop:  # an inline handler: waiting here would stall the very loop that frees room
+            limit = 0.0
+        with self._credit_freed:
+            deadline = math.inf
+            while window.credit is not None and (window.waiting or window.in_flight >= window.credit):
+                if self._windows.get(name) is not window:
+                    raise WindowNotFound(name)
+                now = time.monotonic()
+                deadline = min(deadline, now + limit)
+                if now >= deadline:
+                    with self._router_s.lock:
+                        self._stats["dropped_hwm"] += 1
+                    raise QueueFull(name, f"window {name!r} has had {window.in_flight} one-way messages unhandled "
+                                          f"(its max_queued) for {limit} s; nothing was sent")
+                self._credit_freed.wait(min(deadline - now, MAX_WAIT))
+            if window.credit is not None:
+                window.in_flight += 1
+        try:
+            sent = self._send_to(name, Kind.MESSAGE, 0, channel, payload, origin="", raise_full=True)
+        except BaseException:
+            self._return_credit(window, 1)
+            raise
+        if not sent:
             raise WindowNotFound(name)
 
-    def send_msg_to_render(self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL) -> None:
+    def send_msg_to_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+    ) -> None:
         """``main_msg_to_render`` under electron-prokit's newer name."""
-        self.main_msg_to_render(name, msg, channel=channel)
+        self.main_msg_to_render(name, msg, channel=channel, timeout=timeout)
 
     def main_call_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
@@ -442,6 +507,8 @@ class Main:
         self._check_open()
         check_channel(topic, what="topic")
         limit = self.request_timeout if timeout is None else check_timeout(timeout)
+        if self._loop.in_loop:  # an inline handler: never hold the I/O thread
+            limit = 0.0
         payload = self.serializer.dumps(msg)
         wire_topic = protocol.BROADCAST_PREFIX + topic.encode()
         pub = self._pub_s
@@ -659,27 +726,40 @@ class Main:
         else:
             log.debug("main dropped a message from %s: %s %s", peer, reason, detail)
 
+    def _on_subscriber_denied(self, name: str) -> None:
+        self._reject("unauthenticated", f"a subscriber to the broadcast port that is no registered window ({short(name)})")
+
     def _on_zap_denied(self, key: bytes) -> None:
         self._reject("unauthenticated", f"a CURVE key not on the allow-list ({key.decode()})")
 
     def _on_monitor(self) -> None:
+        """A connection closed: its descriptor (the event's value) names the window, if it was one.
+
+        A ping to that window finds out whether it is gone, since with ROUTER_MANDATORY a
+        send to a vanished routing id fails at once; the pipe goes away shortly after the
+        event, so look a moment later. Constant work per hang-up: a stranger connecting and
+        hanging up in a loop costs a dict look-up each, never a ping to every window.
+        Windows whose descriptor ZeroMQ did not tell are swept, at most once a heartbeat.
+        """
         while True:
             try:
-                self._monitor.recv_multipart(zmq.NOBLOCK)
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
             self._stats["disconnects"] += 1
-        # Which window's connection closed is not said; a ping to each finds out, since
-        # with ROUTER_MANDATORY a send to a vanished routing id fails at once. The pipe
-        # goes away shortly after the event, so look a moment later. One sweep at a time:
-        # a stranger connecting and hanging up in a loop must not make us ping every window per hang-up.
-        if not self._sweep_due:
-            self._sweep_due = True
-            self._loop.call_later(0.05, self._sweep)
+            name = self._by_fd.get(int(event["value"]))
+            if name is not None:
+                self._loop.call_later(0.05, functools.partial(self._check_reachable, name))
+            elif not self._sweep_due and any(w.fd is None for w in self._windows.values()):
+                self._sweep_due = True
+                self._loop.call_later(max(0.05, self.heartbeat), self._sweep)
+
+    def _check_reachable(self, name: str) -> None:
+        self._send_to(name, Kind.PING, 0, "", (), origin="")
 
     def _sweep(self) -> None:
         self._sweep_due = False
-        for name in list(self._windows):
+        for name in [n for n, w in self._windows.items() if w.fd is None]:
             self._send_to(name, Kind.PING, 0, "", (), origin="")
 
     def _on_xpub(self, frames: list[Any]) -> None:
@@ -701,7 +781,7 @@ class Main:
         self._batching = True  # until _end_batch: see _answer
         self._stats["messages_in"] += 1
         try:
-            if len(raw) == 2 and self._zap is None:
+            if len(raw) == 2 and self._curve is None:
                 # One frame, the common case: verified and split without building objects,
                 # and a request for one of our handlers served straight from the fields.
                 try:
@@ -756,11 +836,11 @@ class Main:
         if h.kind == Kind.HELLO:
             if not self._guard.first_hello(h.session):  # every handshake has a new session
                 raise Rejected("replay", "a HELLO seen before")
-            if self._zap is not None and not self._hello_authenticated(ident, msg, user_id(raw[-1])):
+            if self._curve is not None and not self._hello_authenticated(ident, msg, user_id(raw[-1])):
                 return
             self._on_hello(ident, msg)
             return
-        if self._zap is not None:
+        if self._curve is not None:
             # The name a message claims is its routing id's; CURVE's User-Id says whose key sent it.
             who = user_id(raw[-1])
             if who is None or ident.partition(b"\0")[0] != who.encode():
@@ -773,7 +853,7 @@ class Main:
             return
         name = _decode_ident(ident)
         if h.kind == Kind.REGISTER:
-            self._on_register(name, msg, _peer_address(raw[-1]), ident)
+            self._on_register(name, msg, _peer_address(raw[-1]), ident, _source_fd(raw[-1]))
             return
         window = self._windows.get(name)
         if window is None or window.session != h.session or h.source != name or window.ident != ident:
@@ -841,7 +921,10 @@ class Main:
         # max_payload: the largest message we read, so the window refuses a larger one before
         # sending it (with an error that says so) instead of waiting out its timeout.
         reply_body = {"nonce": nonce, "pub": self.pub_endpoint, "serializer": self.serializer.name,
-                      "max_payload": self._max_size}
+                      "max_payload": self._max_size, "pub_auth": "plain" if self._pub_auth else None}
+        if self._pub_auth:
+            assert self._zap is not None
+            self._zap.allow_subscriber(name, subscriber_token(self.key, name, nonce))
         self._sign_and_send(ident, welcome, [protocol.encode_body(reply_body)])
 
     def _settle_contest(self, name: str) -> None:
@@ -872,7 +955,7 @@ class Main:
         held = self._reservations.get(name.decode(errors="replace"))
         return topic.startswith(protocol.CONTROL_PREFIX) and held is not None and held.nonce.encode() == nonce
 
-    def _on_register(self, name: str, msg: protocol.Message, address: str, ident: bytes) -> None:
+    def _on_register(self, name: str, msg: protocol.Message, address: str, ident: bytes, fd: int | None) -> None:
         h = msg.header
         body = protocol.decode_body(msg.payload)
         held = self._reservations.get(name)
@@ -895,7 +978,8 @@ class Main:
             ready=hello.get("ready", True) is not False,
         )
         self._joining[name] = _Window(info, h.session, time.monotonic(), ident=ident,
-                                      max_size=_size_field(hello, "max_payload"))
+                                      max_size=_size_field(hello, "max_payload"), fd=fd,
+                                      credit=_size_field(hello, "max_queued"))
         topic = protocol.CONTROL_PREFIX + f"{name}\0{held.nonce}".encode()
         if topic in self._subscriptions:
             self._complete_registration(name)
@@ -905,6 +989,8 @@ class Main:
     def _complete_registration(self, name: str) -> None:
         window = self._joining.pop(name)
         self._windows[name] = window
+        if window.fd is not None:
+            self._by_fd[window.fd] = name
         self._send_to(name, Kind.REGISTERED, 0, "", (), origin="")
         log.info("window %r connected (host %s, pid %s)", name, window.info.host, window.info.pid)
         for event in self._window_waiters.get(name, ()):
@@ -928,7 +1014,13 @@ class Main:
                 del self._joining[name]
                 self._guard.forget(name)
         for name in [n for n, r in self._reservations.items() if r.expires < now]:
+            if name not in self._windows and name not in self._joining:
+                self._forget_subscriber(name, self._reservations[name].nonce)
             del self._reservations[name]
+
+    def _forget_subscriber(self, name: str, nonce: str) -> None:
+        if self._pub_auth and self._zap is not None:
+            self._zap.forget_subscriber(name, subscriber_token(self.key, name, nonce))
 
     def _publish_heartbeat(self) -> None:
         """Every heartbeat, a PING on the PUB (topic ``H``), numbered with the broadcasts: the
@@ -950,6 +1042,9 @@ class Main:
         window = self._windows.pop(name, None)
         if window is None:
             return
+        if window.fd is not None and self._by_fd.get(window.fd) == name:
+            del self._by_fd[window.fd]
+        self._forget_subscriber(name, window.ident.partition(b"\0")[2].decode(errors="replace"))
         self._guard.forget(name)
         for topic in [t for t, n in self._awaiting_sub.items() if n == name]:
             del self._awaiting_sub[topic]
@@ -963,6 +1058,11 @@ class Main:
                 self._pop_route(msg_id)
         for key in [k for k in self._serving if k[0] == name]:  # nobody to answer: do not start them
             self._serving.pop(key).cancelled = True
+        with self._credit_freed:
+            held, window.waiting = list(window.waiting), collections.deque()
+            self._credit_freed.notify_all()  # a sender waiting for its room learns it is gone
+        for source, msg in held:  # routed one-way messages that waited for room: their senders are told
+            self._send_error(source, msg.header.msg_id, lost)
         log.info("window %r disconnected (%s)", name, reason)
         for cb in self._disconnected_cbs.get(None):
             self._dispatch.submit(cast(Callable[[], None], lambda cb=cb: cb(window.info)), lane="presence")
@@ -987,6 +1087,11 @@ class Main:
         """Run ``handler`` for request ``msg_id`` of window ``name`` and answer it: here, on the
         I/O thread, if ``inline``; otherwise on the pool, which answers from there."""
         if not inline:
+            if len(self._serving) >= self.max_queued:  # bounded: the caller is told, nothing piles up
+                self._stats["refused_busy"] += 1
+                self._send_error(name, msg_id, QueueFull(MAIN_NAME, f"the main has {len(self._serving)} calls waiting "
+                                                                    "for its handlers (its max_queued): try again later"))
+                return
             serving = self._serving[(name, msg_id)] = _Serving()
             self._dispatch.submit(functools.partial(self._serve_queued, serving, name, handler, channel, msg_id, payload))
             return
@@ -1115,16 +1220,19 @@ class Main:
             self._send_error(source, h.msg_id, e)
             return
         if h.kind == Kind.MESSAGE:
-            try:
-                sent = self._send_to(h.target, Kind.MESSAGE, 0, h.channel, msg.payload, origin=source, raise_full=True)
-            except QueueFull as e:  # the sender's future fails with it: backpressure reaches the sender
-                self._send_error(source, h.msg_id, e)
-                return
-            if sent:
-                self._stats["messages_routed"] += 1
-                self._send_to(source, Kind.ACK, h.msg_id, "", (), origin="")
-            else:
-                self._send_error(source, h.msg_id, WindowNotFound(h.target))
+            with self._credit_lock:
+                if target.credit is not None:
+                    if target.waiting or target.in_flight >= target.credit:
+                        if len(target.waiting) < target.credit:  # held, its ACK with it: the sender slows down
+                            target.waiting.append((source, msg))
+                            return
+                        self._stats["dropped_hwm"] += 1
+                        self._send_error(source, h.msg_id, QueueFull(
+                            h.target, f"window {h.target!r} is not keeping up: {target.in_flight} one-way messages "
+                                      f"unhandled and {len(target.waiting)} more held; nothing was sent"))
+                        return
+                    target.in_flight += 1
+            self._forward_message(target, source, msg)
             return
         msg_id = next(self._ids)
         self._routes[msg_id] = _Route(source, h.msg_id, h.target)
@@ -1140,6 +1248,40 @@ class Main:
         else:
             self._pop_route(msg_id)
             self._send_error(source, h.msg_id, WindowNotFound(h.target))
+
+    def _forward_message(self, target: _Window, source: str, msg: protocol.Message) -> None:
+        """Send a routed one-way message on, its credit taken; ACK its sender (loop thread)."""
+        h = msg.header
+        try:
+            sent = self._send_to(target.info.name, Kind.MESSAGE, 0, h.channel, msg.payload, origin=source,
+                                 raise_full=True)
+        except QueueFull as e:  # the sender's future fails with it: backpressure reaches the sender
+            self._return_credit(target, 1)
+            self._send_error(source, h.msg_id, e)
+            return
+        if sent:
+            self._stats["messages_routed"] += 1
+            self._send_to(source, Kind.ACK, h.msg_id, "", (), origin="")
+        else:
+            self._send_error(source, h.msg_id, WindowNotFound(h.target))
+
+    def _return_credit(self, window: _Window, count: int) -> None:
+        with self._credit_freed:
+            window.in_flight = max(0, window.in_flight - count)
+            self._credit_freed.notify_all()
+
+    def _on_credit(self, name: str, msg: protocol.Message) -> None:
+        """The window handled ``msg_id`` more one-way messages: send on what waited for room."""
+        window = self._windows[name]
+        released = []
+        with self._credit_freed:
+            window.in_flight = max(0, window.in_flight - msg.header.msg_id)
+            while window.waiting and window.credit is not None and window.in_flight < window.credit:
+                released.append(window.waiting.popleft())
+                window.in_flight += 1
+            self._credit_freed.notify_all()
+        for source, held in released:  # in the order they came
+            self._forward_message(window, source, held)
 
     def _pop_route(self, msg_id: int) -> _Route | None:
         """Forget the routed request ``msg_id`` (answered, cancelled, or an end gone)."""
@@ -1224,6 +1366,7 @@ class Main:
         Kind.CANCEL: _on_cancel,
         Kind.READY: _on_ready,
         Kind.UNHANDLED: _on_unhandled,
+        Kind.CREDIT: _on_credit,
     }
 
     # --- sending (any thread) ------------------------------------------------------
@@ -1331,6 +1474,15 @@ class _PeerAddress:
     def __str__(self) -> str:
         address = _peer_address(self._frame) if isinstance(self._frame, zmq.Frame) else ""
         return address or "an unknown address"
+
+
+def _source_fd(frame: Any) -> int | None:
+    """The descriptor of the connection a message came on (ZMQ_SRCFD), or None if not told."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, AttributeError, TypeError, ValueError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
 
 
 def _peer_name(ident: bytes) -> str:

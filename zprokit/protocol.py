@@ -120,6 +120,7 @@ class Kind(enum.IntEnum):
     CANCEL = 24  # the caller of REQUEST msg_id gave up (timed out): do not start it
     READY = 25  # window -> main: its callbacks are registered (create_window's windows)
     UNHANDLED = 26  # window -> main: a one-way message on ``channel`` found no callback
+    CREDIT = 27  # window -> main: ``msg_id`` more one-way messages handled: send that many more
 
 
 _KINDS.update((int(k), k) for k in Kind)

@@ -21,6 +21,7 @@ allow-list) is what keeps strangers out. See SECURITY.md.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import inspect
 import ipaddress
 import logging
@@ -65,6 +66,9 @@ ENV_CURVE_SECRET = "ZPROKIT_CURVE_SECRET_KEY"
 ENV_CURVE_SERVER = "ZPROKIT_CURVE_SERVER_KEY"
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+# Without CURVE, the main's PUB port is a PLAIN server in this ZAP domain: only a window that
+# completed its handshake knows its password (subscriber_token), so strangers cannot subscribe.
+PUB_DOMAIN = "zprokit-pub"
 # Reasons for dropping a message that are always in stats()["rejected"], zero or not: each one
 # is a sign of an attack or a misconfigured peer, so each is logged as a warning (rate-limited).
 REJECTION_REASONS = ("bad_signature", "replay", "malformed", "oversized", "unknown_version", "unauthenticated")
@@ -373,6 +377,14 @@ def read_curve_allow_file(path: str | os.PathLike[str]) -> dict[str, bytes]:
     return allow
 
 
+def subscriber_token(key: bytes, name: str, nonce: str) -> str:
+    """The PLAIN password a window's SUB presents to the main's PUB port: a MAC of the name and
+    its handshake's nonce under the shared key, so only the window that got the nonce, and holds
+    the key, can subscribe (PLAIN travels in clear: a sniffer could replay it while the window
+    is registered; CURVE closes that too)."""
+    return hmac.new(key, f"zprokit SUB {name}\0{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
 class ZapHandler(Authenticator):
     """The ZAP handler of a main's context: CURVE keys on the allow-list only, User-Id = window name.
 
@@ -383,11 +395,37 @@ class ZapHandler(Authenticator):
     owns it. ``on_denied(z85_key)`` is called for each key refused.
     """
 
-    def __init__(self, context: zmq.Context[Any], names: Mapping[bytes, str], on_denied: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        names: Mapping[bytes, str],
+        on_denied: Callable[[bytes], None],
+        on_subscriber_denied: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
         self._names = dict(names)
         self._on_denied = on_denied
+        self._on_subscriber_denied = on_subscriber_denied
+        self._subscribers: dict[str, str] = {}  # window name -> its SUB's PLAIN password
         self.configure_curve_callback("*", self)
+
+    def allow_subscriber(self, name: str, token: str) -> None:
+        """Let window ``name``'s SUB in with ``token`` (its handshake's); I/O thread only."""
+        self._subscribers[name] = token
+
+    def forget_subscriber(self, name: str, token: str) -> None:
+        """Stop admitting ``name``'s SUB with ``token`` (a newer handshake's stays)."""
+        if self._subscribers.get(name) == token:
+            del self._subscribers[name]
+
+    def _authenticate_plain(self, domain: str, username: str, password: str) -> tuple[bool, bytes]:
+        # Our own check, in constant time (pyzmq's compares with ==, and logs the password).
+        token = self._subscribers.get(username) if domain == PUB_DOMAIN else None
+        if token is not None and hmac.compare_digest(token.encode(), password.encode()):
+            return True, b""
+        if self._on_subscriber_denied is not None:
+            self._on_subscriber_denied(username)
+        return False, b"not a registered window"
 
     def start(self) -> None:
         """Bind the context's ZAP endpoint; ``ValueError`` if another handler has it already."""

@@ -60,7 +60,14 @@ from ._common import (
 )
 from .protocol import Header, Kind, Rejected
 from ._ratelimit import RateLimitedLog
-from .security import REJECTION_REASONS, CurveClient, check_window_name, normalize_name, resolve_key
+from .security import (
+    REJECTION_REASONS,
+    CurveClient,
+    check_window_name,
+    normalize_name,
+    resolve_key,
+    subscriber_token,
+)
 from .serializers import Serializer, get_serializer
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,12 @@ class Window:
     close this window when the main says goodbye (a deliberate ``close()``;
     ``close_reason`` says so; a main that vanishes without a goodbye is
     reconnected to either way), False to keep reconnecting after a goodbye too;
+    ``max_queued`` (default 1000): how many one-way messages, broadcasts
+    and calls (each) may wait for this window's callbacks. The main is
+    told, and holds back or refuses (``QueueFull``) one-way messages past
+    it; broadcasts past it stay unread in ZeroMQ's queue, so the main's
+    ``broadcast()`` waits; calls past it are answered with ``QueueFull``.
+    So a slow window's memory stays bounded and its senders are told.
     ``ready`` (default True): False makes the main's ``wait_for_window`` wait
     until this window calls ``ready()``, or first waits in ``wait_closed()``
     (``create_window``'s windows do this, so their target's callbacks are
@@ -140,6 +153,7 @@ class Window:
         curve_server_key: bytes | str | None = None,
         max_payload: int | None = None,
         ready: bool = True,
+        max_queued: int = 1000,
     ) -> None:
         name = normalize_name(name or os.environ.get("ZPROKIT_NAME"))
         endpoint = endpoint or os.environ.get("ZPROKIT_ENDPOINT")
@@ -152,6 +166,9 @@ class Window:
                                         or max_payload <= 0):
             raise ValueError(f"max_payload must be a positive number of bytes, got {short(max_payload)}")
         self.max_payload = max_payload
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+            raise ValueError(f"max_queued must be a positive number of messages, got {short(max_queued)}")
+        self.max_queued = max_queued
         if not endpoint:
             raise ValueError("a window needs the main's endpoint: pass endpoint=... or set ZPROKIT_ENDPOINT")
         endpoint = check_endpoint(endpoint, bind=False)
@@ -183,7 +200,10 @@ class Window:
         self._sub: zmq.Socket[Any] | None = None
         self._sub_topics: list[bytes] = []
         self._sub_endpoint = ""
+        self._sub_nonce: str | None = None  # the handshake's nonce, when the PUB port wants a password
         self._last_pub = 0.0  # when the SUB last brought anything (a broadcast, the main's heartbeat)
+        self._last_bseq = 0  # the number of the last broadcast from this main (0: none yet)
+        self._bseq_session = b""  # the main session those numbers belong to (kept across rejoins)
         self._main_session: bytes | None = None
         self._main_max: int | None = None  # the largest message the main reads (from WELCOME)
         self._connected = False
@@ -197,7 +217,7 @@ class Window:
         # The keys exist from the start: the loop and a reading caller both count, and `+= 1` on
         # an existing key of a dict is one step under the GIL, where a missing one calls __missing__.
         self._stats: Counter[str] = Counter(messages_in=0, messages_out=0, unhandled=0, late_replies=0,
-                                            broadcast_link_lost=0, callback_errors=0,
+                                            broadcast_link_lost=0, broadcasts_missed=0, callback_errors=0,
                                             cancelled_before_start=0)
         # One-way deliveries made while the loop works through a batch, by lane: handed to the
         # pool as one job per lane when the batch ends (loop thread only; see _deliver).
@@ -222,7 +242,11 @@ class Window:
         # Requests from the main or other windows waiting in the pool, by the main's msg_id, so a
         # caller that gives up (CANCEL) stops them before they start (loop adds, a worker pops).
         self._serving: dict[int, _Serving] = {}
-        self._errors_lock = threading.Lock()
+        self._errors_lock = threading.Lock()  # counters the pool threads change, and the backlogs below
+        self._oneway_backlog = 0  # one-way messages queued for callbacks, not yet handled
+        self._credit_due = 0  # handled one-way messages not yet reported to the main (CREDIT)
+        self._broadcast_backlog = 0  # broadcasts queued for callbacks, not yet handled
+        self._sub_paused = False  # the SUB is not read while the broadcast backlog is full
 
         self._dispatch = Dispatcher(f"zprokit-{name}", workers)
         self._loop = IOLoop(f"zprokit-{name}-io")
@@ -382,6 +406,8 @@ class Window:
         stats.update(self._stats)
         stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
         stats["requests_queued"] = len(self._serving)  # calls to us waiting for the callback pool
+        stats["messages_queued"] = self._oneway_backlog  # one-way messages waiting for callbacks
+        stats["broadcasts_queued"] = self._broadcast_backlog  # broadcasts waiting for callbacks
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
         return cast(WindowStats, stats)
 
@@ -512,6 +538,7 @@ class Window:
             "timeout": min(self.timeout, MAX_WAIT),  # JSON has no infinity
             "max_payload": self.max_payload,
             "ready": self._is_ready,
+            "max_queued": self.max_queued,
         }
         header = Header(Kind.HELLO, 0, next(self._seq), self.session, protocol.NO_SESSION, self.name)
         probe.send_multipart(protocol.pack(self._signer, header, [protocol.encode_body(hello)]))
@@ -589,17 +616,18 @@ class Window:
         if h.kind != Kind.WELCOME:
             self._fail_handshake(ProtocolError(f"unexpected {h.kind.name} during the handshake"))
             return
+        if self._bseq_session != h.session:  # another main (or a restart): its numbers start afresh
+            self._bseq_session, self._last_bseq = h.session, 0
         self._main_session = h.session
         max_payload = body.get("max_payload")
         self._main_max = max_payload if isinstance(max_payload, int) and max_payload > 0 else None
         self._guard.new_session(MAIN_NAME, h.session, h.seq)
         nonce = str(body["nonce"])
         dealer = self._ctx.socket(zmq.DEALER)
-        sub = self._ctx.socket(zmq.SUB)
-        for sock in (dealer, sub):
-            sock.setsockopt(zmq.LINGER, self._linger_ms)
-            if self._curve is not None:
-                self._curve.apply(sock)
+        sub = self._new_sub(str(body["nonce"]) if body.get("pub_auth") == "plain" else None)
+        dealer.setsockopt(zmq.LINGER, self._linger_ms)
+        if self._curve is not None:
+            self._curve.apply(dealer)
         # The nonce makes the routing id one that nobody else can claim (see zprokit.main).
         dealer.setsockopt(zmq.ROUTING_ID, f"{self.name}\0{nonce}".encode())
         self._sub_topics = [
@@ -638,6 +666,19 @@ class Window:
             self._flush_due()
         self._lose_main("its connection closed")
 
+    def _new_sub(self, nonce: str | None) -> zmq.Socket[Any]:
+        """A SUB socket for the main's PUB port; with ``nonce``, it logs in with the password
+        that this handshake's nonce gives it (the main admits no other subscriber)."""
+        self._sub_nonce = nonce
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, self._linger_ms)
+        if self._curve is not None:
+            self._curve.apply(sub)
+        elif nonce is not None:
+            sub.setsockopt(zmq.PLAIN_USERNAME, self.name.encode())
+            sub.setsockopt(zmq.PLAIN_PASSWORD, subscriber_token(self.key, self.name, nonce).encode())
+        return sub
+
     def _connect_sub(self, sub: zmq.Socket[Any]) -> None:
         for topic in self._sub_topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic)
@@ -664,10 +705,7 @@ class Window:
                            self.name, now - self._last_pub)
         self._loop.remove_socket(sub)
         sub.close(0)
-        self._sub = sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, self._linger_ms)
-        if self._curve is not None:
-            self._curve.apply(sub)
+        self._sub = sub = self._new_sub(self._sub_nonce)
         self._connect_sub(sub)
         self._loop.add_socket(sub, self._on_sub)
 
@@ -792,6 +830,12 @@ class Window:
         self._batching = True
         try:
             for i in range(_SUB_BATCH):
+                if self._broadcast_backlog >= self.max_queued:
+                    # Bounded: stop reading; the main's broadcast() waits for room (XPUB_NODROP)
+                    # until our callbacks catch up (see _handled_broadcast).
+                    self._sub_paused = True
+                    self._loop.remove_socket(sub)
+                    return
                 if i and not zmq.zmq_poll([(sub, _POLLIN)], 0):
                     return
                 try:
@@ -819,6 +863,14 @@ class Window:
             if not self._guard.accept(MAIN_NAME, session, seq, stream=_BROADCAST_STREAM):
                 raise Rejected("replay")
             self._last_pub = time.monotonic()  # the broadcast link lives (see _check_sub)
+            # The main numbers its broadcasts and PUB heartbeats without gaps: a gap is what we
+            # missed (the link was down, or we joined late), counted and said, never silent.
+            if self._last_bseq and seq > self._last_bseq + 1:
+                missed = seq - self._last_bseq - 1
+                self._stats["broadcasts_missed"] += missed
+                self._warn.warning("broadcasts_missed", "window %r missed %d broadcasts (numbers %d to %d)",
+                                   self.name, missed, self._last_bseq + 1, seq - 1)
+            self._last_bseq = seq
             if kind == Kind.PING:  # the main's heartbeat on the PUB: nothing to deliver
                 return
             # Not a sign of life: a broadcast shows the main is up, not that it still has us.
@@ -894,8 +946,15 @@ class Window:
         event = Event(sender=sender, channel=h.channel, kind="request" if h.kind == Kind.REQUEST else "message",
                       receiver=self.name, from_main=not h.source)
         if h.kind == Kind.REQUEST:
+            error: Exception | None = None
             if not callbacks:
-                body = protocol.error_body(NoHandler(h.channel, self.name), self.name)
+                error = NoHandler(h.channel, self.name)
+            elif len(self._serving) >= self.max_queued:  # bounded: the caller is told, nothing piles up
+                self._stats["refused_busy"] += 1
+                error = QueueFull(self.name, f"window {self.name!r} has {len(self._serving)} calls waiting for its "
+                                             "callbacks (its max_queued): try again later")
+            if error is not None:
+                body = protocol.error_body(error, self.name)
                 self._send(Kind.ERROR, h.msg_id, "", "", [protocol.encode_body(body)])
                 return
             serving = self._serving[h.msg_id] = _Serving()
@@ -907,15 +966,33 @@ class Window:
                                self.name, sender, h.channel)
             # Counted where the sender's side can see it too: the main's stats()["unhandled"].
             self._send(Kind.UNHANDLED, 0, h.source, h.channel, ())
+            self._handled_one_way(queued=False)
             return
         payload = msg.payload
 
         def deliver() -> None:
-            args = self.serializer.loads(payload)
-            for cb in callbacks:
-                self._notify(cb, event, args)
+            try:
+                args = self.serializer.loads(payload)
+                for cb in callbacks:
+                    self._notify(cb, event, args)
+            finally:
+                self._handled_one_way()
 
+        with self._errors_lock:
+            self._oneway_backlog += 1
         self._deliver(deliver, ("message", h.channel))
+
+    def _handled_one_way(self, queued: bool = True) -> None:
+        """One more one-way message handled: give the main its credit back, in batches while
+        busy, at once when nothing is left queued (so the main never waits on a remainder)."""
+        with self._errors_lock:
+            if queued:
+                self._oneway_backlog -= 1
+            self._credit_due += 1
+            if self._credit_due < max(1, self.max_queued // 8) and self._oneway_backlog > 0:
+                return
+            credit, self._credit_due = self._credit_due, 0
+        self._send(Kind.CREDIT, credit, "", "", ())
 
     def _on_cancel(self, msg: protocol.Message) -> None:
         """The caller of our request ``msg_id`` gave up: if it has not started, it never will."""
@@ -974,11 +1051,29 @@ class Window:
                       from_main=True)
 
         def deliver() -> None:
-            args = self.serializer.loads(payload)
-            for cb in callbacks:
-                self._notify(cb, event, args)
+            try:
+                args = self.serializer.loads(payload)
+                for cb in callbacks:
+                    self._notify(cb, event, args)
+            finally:
+                self._handled_broadcast()
 
+        with self._errors_lock:
+            self._broadcast_backlog += 1
         self._deliver(deliver, "broadcast")
+
+    def _handled_broadcast(self) -> None:
+        with self._errors_lock:
+            self._broadcast_backlog -= 1
+            resume = self._sub_paused and self._broadcast_backlog <= self.max_queued // 2
+            if resume:
+                self._sub_paused = False
+        if resume:
+            self._loop.call_soon(self._resume_sub)
+
+    def _resume_sub(self) -> None:
+        if self._sub is not None:
+            self._loop.add_socket(self._sub, self._on_sub)  # looks for waiting input at once
 
     def _on_close_request(self, msg: protocol.Message) -> None:
         log.info("window %r: the main asked us to close", self.name)
