@@ -65,3 +65,23 @@ def source(window):
     window.on_msg_from_main(flood, channel="flood")
     window.render_msg_to_main(("ready", window.name), channel="report").result(10)
     window.wait_closed()
+
+
+def sleepy_sink(window):
+    """A consumer whose callbacks sleep 1 ms each: for one-way messages and broadcasts alike.
+    Remembers the order of what arrived; answers ``received`` and ``stats``."""
+    received = {"main": [], "broadcast": []}
+
+    def arrived(kind):
+        def on_message(event, msg):
+            received[kind].append(msg[0] if isinstance(msg, tuple) else msg)
+            time.sleep(0.001)
+
+        return on_message
+
+    window.on_msg_from_main(arrived("main"))
+    window.on_broadcast(arrived("broadcast"), topic="flood")
+    window.on_msg_from_main(lambda event, kind: len(received[kind]), channel="count")
+    window.on_msg_from_main(lambda event, kind: list(received[kind]), channel="received")
+    window.on_msg_from_main(lambda event, _: window.stats(), channel="stats")
+    window.wait_closed()

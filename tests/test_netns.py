@@ -46,6 +46,9 @@ from conftest import TESTS_DIR, wait_until
 HEARTBEAT = 0.2
 LIVENESS = 3
 FEW_INTERVALS = HEARTBEAT * LIVENESS + 2.0  # the promise, with room for a loaded machine
+# The broadcast link's promise is longer: a window waits out the main's own limit for a subscriber
+# that stopped reading (heartbeat * liveness, at least 2 s) before it takes silence for a dead link.
+LINK_LIMIT = 2 * HEARTBEAT * LIVENESS + max(2.0, HEARTBEAT * LIVENESS) + 2.0
 DEADLINE = _netns.DEADLINE
 KEY_SECRET = "/run/secrets/zprokit_key"  # where compose mounts the key; a file of ours here
 
@@ -504,7 +507,7 @@ def test_a_silently_dropped_broadcast_link_is_noticed_and_dialled_again(deploy: 
 
     dropped = time.monotonic()
     window_host.drop_connection(old_port)
-    assert wait_until(lambda: link_lost() >= 1, FEW_INTERVALS, interval=0.05), \
+    assert wait_until(lambda: link_lost() >= 1, LINK_LIMIT, interval=0.05), \
         f"the window did not notice: stats {driver.result('stats')}; stderr {driver.proc.errors}"
     noticed = time.monotonic() - dropped
     back = broadcast_reaches(driver, "after")
@@ -523,4 +526,4 @@ def test_a_silently_dropped_broadcast_link_is_noticed_and_dialled_again(deploy: 
     print(f"\nbroadcast link dropped (heartbeat {HEARTBEAT} s x {LIVENESS}): the window noticed {noticed:.3f} s "
           f"after the drop; a broadcast reached it again {back:.3f} s later (port {old_port} -> {new_port}; "
           f"{out} packets dropped out, {into} in)")
-    assert HEARTBEAT <= noticed < FEW_INTERVALS  # it was the heartbeat: a dropped connection says nothing
+    assert HEARTBEAT <= noticed < LINK_LIMIT  # it was the heartbeat: a dropped connection says nothing

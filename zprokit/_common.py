@@ -95,7 +95,7 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float:
     if timeout is None:
         return math.inf
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"{what} must be a positive number of seconds (or None for no limit), got {short(timeout)}")
+        raise ValueError(f"{what} must be a positive number of seconds (math.inf: no limit), got {short(timeout)}")
     return float(timeout)
 
 
@@ -157,7 +157,16 @@ class PendingRequests:
 
     def pop(self, msg_id: int) -> tuple[ReplyFuture[Any], str | None] | None:
         entry = self._items.pop(msg_id, None)
+        if len(self._heap) > 2 * len(self._items) + 64:  # answered calls: keep the heap in proportion
+            self._compact()
         return None if entry is None else (entry[0], entry[3])
+
+    def _compact(self) -> None:
+        with self._lock:
+            if len(self._heap) > 2 * len(self._items) + 64:
+                self._heap[:] = [(entry[1], msg_id) for msg_id, entry in list(self._items.items())
+                                 if entry[1] < math.inf]
+                heapq.heapify(self._heap)
 
     def fail_all(self, make_error: Callable[[ReplyFuture[Any]], BaseException], target: str | None = None) -> None:
         """Fail every pending future (of ``target`` only, if given) with ``make_error(future)``."""

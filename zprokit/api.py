@@ -133,8 +133,9 @@ def main_call_render(
     return get_main().main_call_render(name, msg, channel=channel, timeout=timeout)
 
 
-def broadcast(msg: Any, *, topic: str = "") -> None:
-    get_main().broadcast(msg, topic=topic)
+def broadcast(msg: Any, *, topic: str = "", timeout: float | None = None) -> None:
+    """``Main.broadcast``: to every window whose ``on_broadcast`` topic is a prefix of ``topic``."""
+    get_main().broadcast(msg, topic=topic, timeout=timeout)
 
 
 def create_window(name: str, target: Any, **options: Any) -> WindowProcess:
@@ -154,7 +155,7 @@ def get_all_windows() -> list[WindowInfo]:
     return get_main().get_all_windows()
 
 
-def wait_for_window(name: str, timeout: float = 10.0) -> WindowInfo:
+def wait_for_window(name: str, timeout: float | None = 10.0) -> WindowInfo:
     """``Main.wait_for_window``: block until window ``name`` is connected and ready."""
     return get_main().wait_for_window(name, timeout)
 

@@ -294,6 +294,8 @@ class Main:
         # Requests of windows waiting in the pool, so a caller that gives up (CANCEL) stops them
         # before they start; gone once they start (loop adds and cancels, a worker pops).
         self._serving: dict[tuple[str, int], _Serving] = {}
+        self._backlog = 0  # calls handed to the pool and not yet taken by a thread (cancelled ones too)
+        self._backlog_lock = threading.Lock()
         self._guard = protocol.ReplayGuard()
         self._seq = itertools.count(1)
         self._bseq = 1  # the next broadcast's number (under the PUB socket's lock)
@@ -308,6 +310,7 @@ class Main:
         self._warn = RateLimitedLog(log)
         self._sweep_due = False
         self._by_fd: dict[int, str] = {}  # registered windows by their connection's descriptor
+        self._capped: dict[str, _Window] = {}  # registered windows that announced a max_payload
         self._credit_lock = threading.Lock()  # every _Window's credit, in_flight and waiting
         self._credit_freed = threading.Condition(self._credit_lock)  # a CREDIT came, or a window left
 
@@ -339,6 +342,12 @@ class Main:
         # here at once; heartbeats are only needed for links that die without a word.
         self._monitor = self._router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._loop.add_socket(self._monitor, self._on_monitor)
+        # Subscribers the PUB port turned away (no window's password, or none at all): counted.
+        self._pub_monitor: zmq.Socket[Any] | None = None
+        if self._pub_auth:
+            self._pub_monitor = self._pub.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._loop.add_socket(self._pub_monitor, self._on_pub_monitor)
         if self._zap is not None:
             self._loop.add_socket(self._zap.zap_socket, self._zap.on_readable)
         self._loop.start(on_stop=self._close_sockets, on_fail=self._on_loop_failed)
@@ -497,7 +506,8 @@ class Main:
     def broadcast(self, msg: Any, *, topic: str = "", timeout: float | None = None) -> None:
         """Publish ``msg`` to every window whose ``on_broadcast`` topic is a prefix of ``topic``.
 
-        Nothing is dropped: a window that does not keep up holds broadcasts back
+        Raises ``MessageTooLarge`` at once if ``msg`` is over the ``max_payload``
+        that a connected window announced. Nothing is dropped: a window that does not keep up holds broadcasts back
         (the PUB socket is ``XPUB_NODROP``), so this waits until every
         subscribed window's queue has room, at most ``timeout`` s (default
         ``request_timeout``), then raises ``QueueFull`` (counted in
@@ -510,6 +520,9 @@ class Main:
         if self._loop.in_loop:  # an inline handler: never hold the I/O thread
             limit = 0.0
         payload = self.serializer.dumps(msg)
+        if self._capped:  # a window that announced a smaller limit would drop it: refused here, told
+            smallest = min(list(self._capped.values()), key=lambda w: cast(int, w.max_size))
+            self._check_size(smallest, payload, topic)
         wire_topic = protocol.BROADCAST_PREFIX + topic.encode()
         pub = self._pub_s
         deadline = math.inf
@@ -553,7 +566,7 @@ class Main:
         """Every connected window, in the order they registered."""
         return [w.info for w in list(self._windows.values())]
 
-    def wait_for_window(self, name: str, timeout: float = 10.0) -> WindowInfo:
+    def wait_for_window(self, name: str, timeout: float | None = 10.0) -> WindowInfo:
         """Block until window ``name`` is connected and ready; raises ``Timeout`` after ``timeout`` s.
 
         Ready: a window made by ``create_window`` is ready once its target has
@@ -564,9 +577,10 @@ class Main:
         name = normalize_name(name)
         event = threading.Event()
         self._window_waiters.setdefault(name, []).append(event)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         try:
             while True:
+                self._check_open()
                 info = self.get_window(name)
                 if info is not None and info.ready:
                     return info
@@ -576,7 +590,7 @@ class Main:
                         "connected but did not get ready (its target has neither waited in "
                         "window.wait_closed() nor called window.ready())")
                     raise Timeout(f"window {name!r} {state} within {timeout} s")
-                event.wait(min(left, threading.TIMEOUT_MAX))
+                event.wait(min(left, MAX_WAIT))
                 event.clear()
         finally:
             waiters = self._window_waiters.get(name, [])
@@ -622,6 +636,10 @@ class Main:
             "messages_routed": 0,
             "unhandled": 0,
             "disconnects": 0,  # connections closed: windows leaving, strangers, a frame over max_message_size
+            "dropped_hwm": 0,  # sends refused because the peer's queue was full (QueueFull)
+            "broadcasts_refused": 0,
+            "refused_busy": 0,  # calls answered QueueFull: max_queued calls waited for the pool already
+            "cancelled_before_start": 0,
         }
         stats.update(self._stats)
         stats["broadcasts"] = self._broadcasts
@@ -630,7 +648,7 @@ class Main:
         stats["windows"] = len(self._windows)
         stats["pending_requests"] = len(self._pending)  # main_call_render calls awaiting an answer
         stats["pending_routes"] = len(self._routes)  # window -> window requests being carried
-        stats["requests_queued"] = len(self._serving)  # windows' requests waiting for the handler pool
+        stats["requests_queued"] = len(self._serving)  # windows' requests waiting for the pool, to be run
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
         return cast(MainStats, stats)
 
@@ -710,9 +728,20 @@ class Main:
 
     def _close_sockets(self) -> None:
         self._pending.fail_all(_closed_error)
+        # A closed main has no windows: its registry says so (and wait_for_window raises Closed).
+        self._windows.clear()
+        self._joining.clear()
+        self._capped.clear()
+        for waiters in list(self._window_waiters.values()):
+            for event in waiters:
+                event.set()
         with self._router_s.lock:
             self._router.disable_monitor()
         self._monitor.close(0)
+        if self._pub_monitor is not None:
+            with self._pub_s.lock:
+                self._pub.disable_monitor()
+            self._pub_monitor.close(0)
         self._router_s.close(self._linger_ms)
         self._pub_s.close(self._linger_ms)
         if self._zap is not None:
@@ -727,7 +756,16 @@ class Main:
             log.debug("main dropped a message from %s: %s %s", peer, reason, detail)
 
     def _on_subscriber_denied(self, name: str) -> None:
-        self._reject("unauthenticated", f"a subscriber to the broadcast port that is no registered window ({short(name)})")
+        log.debug("main: the broadcast port refused a subscriber calling itself %s", short(name))
+
+    def _on_pub_monitor(self) -> None:
+        assert self._pub_monitor is not None
+        while True:
+            try:
+                self._pub_monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._reject("unauthenticated", "a subscriber to the broadcast port without a window's password")
 
     def _on_zap_denied(self, key: bytes) -> None:
         self._reject("unauthenticated", f"a CURVE key not on the allow-list ({key.decode()})")
@@ -846,7 +884,7 @@ class Main:
             if who is None or ident.partition(b"\0")[0] != who.encode():
                 raise Rejected("unauthenticated", f"routing id {ident[:64]!r} from a CURVE key allowed as {who!r}")
         if h.peer_session != self.session:
-            self._reject("stale_session", h.kind)
+            self._reject("stale_session", h.kind, raw)
             if h.kind in (Kind.REQUEST, Kind.PING) or (h.kind == Kind.MESSAGE and h.target):
                 # A window of an earlier main (or that we forgot): tell it, so it does not wait.
                 self._raw_reply_error(ident, h, PeerLost("the main does not know this window; re-register"))
@@ -857,20 +895,20 @@ class Main:
             return
         window = self._windows.get(name)
         if window is None or window.session != h.session or h.source != name or window.ident != ident:
-            self._reject("unregistered", name)
+            self._reject("unregistered", name, raw)
             if h.kind in (Kind.PING, Kind.REQUEST, Kind.MESSAGE) and (window is None or window.ident != ident):
                 # A window we dropped (silent too long: a partition, a freeze) that still talks to
                 # us on our session: tell it, so it rejoins now, not after its own liveness timeout.
                 self._raw_reply_error(ident, h, PeerLost("the main had dropped this window"), rejoin=True)
             return
         if not self._guard.accept(name, h.session, h.seq):
-            self._reject("replay", name)
+            self._reject("replay", name, raw)
             return
         window.last_seen = time.monotonic()
         window.messages += 1
         handler = self._KIND_HANDLERS.get(h.kind)
         if handler is None:
-            self._reject("malformed", f"unexpected {h.kind.name} from {name}")
+            self._reject("malformed", f"unexpected {h.kind.name} from {name}", raw)
             return
         handler(self, name, msg)
 
@@ -991,6 +1029,8 @@ class Main:
         self._windows[name] = window
         if window.fd is not None:
             self._by_fd[window.fd] = name
+        if window.max_size is not None:
+            self._capped[name] = window
         self._send_to(name, Kind.REGISTERED, 0, "", (), origin="")
         log.info("window %r connected (host %s, pid %s)", name, window.info.host, window.info.pid)
         for event in self._window_waiters.get(name, ()):
@@ -1044,6 +1084,7 @@ class Main:
             return
         if window.fd is not None and self._by_fd.get(window.fd) == name:
             del self._by_fd[window.fd]
+        self._capped.pop(name, None)
         self._forget_subscriber(name, window.ident.partition(b"\0")[2].decode(errors="replace"))
         self._guard.forget(name)
         for topic in [t for t, n in self._awaiting_sub.items() if n == name]:
@@ -1087,12 +1128,16 @@ class Main:
         """Run ``handler`` for request ``msg_id`` of window ``name`` and answer it: here, on the
         I/O thread, if ``inline``; otherwise on the pool, which answers from there."""
         if not inline:
-            if len(self._serving) >= self.max_queued:  # bounded: the caller is told, nothing piles up
+            # Bounded by what waits in the pool, cancelled calls included (they leave when a
+            # thread takes them): the caller is told, nothing piles up.
+            if self._backlog >= self.max_queued:
                 self._stats["refused_busy"] += 1
-                self._send_error(name, msg_id, QueueFull(MAIN_NAME, f"the main has {len(self._serving)} calls waiting "
+                self._send_error(name, msg_id, QueueFull(MAIN_NAME, f"the main has {self._backlog} calls waiting "
                                                                     "for its handlers (its max_queued): try again later"))
                 return
             serving = self._serving[(name, msg_id)] = _Serving()
+            with self._backlog_lock:
+                self._backlog += 1
             self._dispatch.submit(functools.partial(self._serve_queued, serving, name, handler, channel, msg_id, payload))
             return
         done = self._answerer(name, msg_id)
@@ -1108,6 +1153,8 @@ class Main:
     ) -> None:
         """``_serve`` on the pool, unless the caller gave up while the request waited (CANCEL)."""
         self._serving.pop((name, msg_id), None)  # one step: the loop may pop it for a CANCEL meanwhile
+        with self._backlog_lock:
+            self._backlog -= 1
         if serving.cancelled:
             with self._router_s.lock:  # the counters are the loop's and the senders' (see _sign_and_send)
                 self._stats["cancelled_before_start"] += 1
@@ -1115,9 +1162,17 @@ class Main:
         self._serve(name, handler, True, channel, msg_id, payload)
 
     def _answerer(self, name: str, msg_id: int) -> Callable[[Any, BaseException | None], None]:
-        """The ``done(result, exc)`` that answers request ``msg_id`` of window ``name``."""
+        """The ``done(result, exc)`` that answers request ``msg_id`` of window ``name``.
+
+        Only the window that asked: one that restarted under the same name meanwhile
+        numbers its calls afresh, and must never get another incarnation's answer."""
+        asker = self._windows.get(name)
 
         def done(result: Any, exc: BaseException | None) -> None:
+            if asker is None or self._windows.get(name) is not asker:
+                with self._router_s.lock:
+                    self._stats["late_answers"] += 1  # its caller is gone: nobody to answer
+                return
             if exc is None:
                 try:
                     reply = self.serializer.dumps(result)
@@ -1294,6 +1349,10 @@ class Main:
         """Window ``name`` gave up on its request ``msg_id``: not started, it never will be."""
         h = msg.header
         if h.target:  # routed: forget the route, and tell the window that has it
+            for i, (source, due) in enumerate(self._routes_due):  # not routed yet (same batch): never will be
+                if source == name and due.header.msg_id == h.msg_id and due.header.kind == Kind.REQUEST:
+                    del self._routes_due[i]
+                    return
             msg_id = self._route_ids.get((name, h.msg_id))
             route = None if msg_id is None else self._pop_route(msg_id)
             if route is not None:  # so msg_id is not None
@@ -1313,6 +1372,13 @@ class Main:
         route = self._routes.get(h.msg_id)
         if route is not None and route.target == name:
             self._pop_route(h.msg_id)
+            source = self._windows.get(route.source)
+            if source is not None and h.kind == Kind.REPLY:
+                try:
+                    self._check_size(source, msg.payload, "", name)
+                except MessageTooLarge as e:  # the caller is told now, not by its timeout
+                    self._send_error(route.source, route.source_msg_id, e)
+                    return
             self._send_to(route.source, h.kind, route.source_msg_id, "", msg.payload, origin=name)
             return
         pending = self._pending.pop(h.msg_id)
@@ -1509,12 +1575,14 @@ def _tcp_limits(heartbeat: float, liveness: int) -> list[tuple[int, int]]:
     (at least a few): keepalive probes while it is idle, and a limit on retransmissions
     (``TCP_USER_TIMEOUT``) while data waits for it."""
     silent = max(2, math.ceil(heartbeat * liveness))
+    # Within what Linux accepts (TCP_KEEPCNT <= 127, TCP_KEEPIDLE and TCP_KEEPINTVL <= 32767 s):
+    # past it libzmq fails to set up every connection, and no window could ever join.
     return [
         (zmq.TCP_KEEPALIVE, 1),
-        (zmq.TCP_KEEPALIVE_IDLE, silent),
-        (zmq.TCP_KEEPALIVE_INTVL, max(1, math.ceil(heartbeat))),
-        (zmq.TCP_KEEPALIVE_CNT, liveness),
-        (zmq.TCP_MAXRT, silent * 1000),
+        (zmq.TCP_KEEPALIVE_IDLE, min(silent, 32767)),
+        (zmq.TCP_KEEPALIVE_INTVL, min(max(1, math.ceil(heartbeat)), 32767)),
+        (zmq.TCP_KEEPALIVE_CNT, min(liveness, 127)),
+        (zmq.TCP_MAXRT, min(silent * 1000, 2**31 - 1)),
     ]
 
 

@@ -6,7 +6,7 @@ A message on the wire is one *head* frame, then any further payload frames::
     head           VERSION | header | inline payload | MAC
     payload ...    further payload frames: out-of-band buffers, large pickles
 
-``VERSION`` (16 bytes, ``b"ZPK3/blake3keyed"``) names the protocol and its
+``VERSION`` (16 bytes, ``b"ZPK4/blake3keyed"``) names the protocol and its
 MAC. The header is a fixed struct plus three short strings (``Header``). A
 small first payload part (the pickle of a small object) rides inside the
 head, so a small request or reply is a single frame, as a raw pyzmq echo is:
@@ -75,7 +75,7 @@ __all__ = [
     "wire_size",
 ]
 
-VERSION = b"ZPK3/blake3keyed"
+VERSION = b"ZPK4/blake3keyed"  # ZPK4: CANCEL, READY, UNHANDLED, CREDIT, the PUB heartbeat (ZPK3 had none)
 # The MAC key is derived from the shared key (any length) with BLAKE3's key derivation.
 _MAC_KEY_CONTEXT = "zprokit 2026-11-24 message authentication, protocol ZPK3"
 SESSION_SIZE = 16

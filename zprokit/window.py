@@ -239,11 +239,13 @@ class Window:
         self._shut = False  # close() has run (or runs)
         self._born, self._pid = fork_generation(), os.getpid()
         self._is_ready = ready
+        self._hello_ready = ready  # what the last HELLO said
         # Requests from the main or other windows waiting in the pool, by the main's msg_id, so a
         # caller that gives up (CANCEL) stops them before they start (loop adds, a worker pops).
-        self._serving: dict[int, _Serving] = {}
+        self._serving: dict[tuple[bytes, int], _Serving] = {}  # by (the main's session, its msg_id)
         self._errors_lock = threading.Lock()  # counters the pool threads change, and the backlogs below
         self._oneway_backlog = 0  # one-way messages queued for callbacks, not yet handled
+        self._request_backlog = 0  # calls handed to the pool and not yet taken (cancelled ones too)
         self._credit_due = 0  # handled one-way messages not yet reported to the main (CREDIT)
         self._broadcast_backlog = 0  # broadcasts queued for callbacks, not yet handled
         self._sub_paused = False  # the SUB is not read while the broadcast backlog is full
@@ -405,7 +407,7 @@ class Window:
         stats: dict[str, Any] = {"messages_in": 0, "messages_out": 0, "unhandled": 0, "callback_errors": 0}
         stats.update(self._stats)
         stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
-        stats["requests_queued"] = len(self._serving)  # calls to us waiting for the callback pool
+        stats["requests_queued"] = len(self._serving)  # calls to us waiting for the callback pool, to be run
         stats["messages_queued"] = self._oneway_backlog  # one-way messages waiting for callbacks
         stats["broadcasts_queued"] = self._broadcast_backlog  # broadcasts waiting for callbacks
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._rejected}
@@ -416,16 +418,18 @@ class Window:
         or, with ``exit_with_main``, the main's goodbye). True if it closed in time.
 
         Waiting here means the window's callbacks are in place: it calls ``ready()`` first."""
+        check_forked(self._born, f"window {self.name!r}", self._pid)
         self.ready()
         return self._closed_event.wait(None if timeout is None or timeout >= threading.TIMEOUT_MAX else timeout)
 
     def ready(self) -> None:
         """Tell the main this window's callbacks are registered: its ``wait_for_window`` returns.
         Idempotent; only needed for a window made with ``ready=False`` (as ``create_window``'s are)."""
+        check_forked(self._born, f"window {self.name!r}", self._pid)
         if self._is_ready:
             return
         self._is_ready = True
-        self._send(Kind.READY, 0, "", "", ())  # if not connected, the next handshake says it
+        self._send(Kind.READY, 0, "", "", ())  # if not connected now, _on_registered sends it
 
     # electron-prokit's newer names
     def send_msg_to_main(
@@ -530,6 +534,7 @@ class Window:
             return
         self._probe = probe
         self._loop.add_socket(probe, self._on_probe)
+        self._hello_ready = self._is_ready
         hello = {
             "name": self.name,
             "pid": os.getpid(),
@@ -537,7 +542,7 @@ class Window:
             "serializer": self.serializer.name,
             "timeout": min(self.timeout, MAX_WAIT),  # JSON has no infinity
             "max_payload": self.max_payload,
-            "ready": self._is_ready,
+            "ready": self._hello_ready,
             "max_queued": self.max_queued,
         }
         header = Header(Kind.HELLO, 0, next(self._seq), self.session, protocol.NO_SESSION, self.name)
@@ -657,7 +662,22 @@ class Window:
         # What the main sent before it went (its goodbye, a last reply) may still wait unread:
         # read it first, or a goodbye would look like a crash, and an answer would be lost.
         dealer = self._dealer
-        if dealer is not None and dealer.rx.acquire(blocking=False):
+        if dealer is not None and not dealer.rx.acquire(blocking=False):
+            # A caller reads it: what waits there reaches the loop through that caller (a
+            # goodbye included), so look again in a moment instead of dropping the socket now.
+            self._loop.call_later(0.05, functools.partial(self._connection_closed, dealer))
+            return
+        self._connection_closed(dealer, locked=True)
+
+    def _connection_closed(self, dealer: SharedSocket | None, locked: bool = False) -> None:
+        if dealer is not self._dealer:
+            return  # dropped meanwhile (a goodbye, a reconnect)
+        if dealer is not None and not locked:
+            if not dealer.rx.acquire(blocking=False):
+                self._loop.call_later(0.05, functools.partial(self._connection_closed, dealer))
+                return
+            locked = True
+        if dealer is not None and locked:
             try:
                 for frames in dealer.drain():
                     self._on_dealer(frames)
@@ -694,7 +714,11 @@ class Window:
         broadcasts, so the link is watched here, where a lagging reader shows as input waiting.
         """
         sub = self._sub
-        if sub is None or now - self._last_pub <= self.heartbeat * self.liveness:
+        # Beyond the main's own limit for a subscriber that stopped reading (about heartbeat *
+        # liveness, at least 2 s, then TCP cuts it): until then that subscriber may hold the
+        # main's heartbeat back from everyone (XPUB_NODROP), and a healthy link looks silent.
+        silent = self.heartbeat * self.liveness
+        if sub is None or now - self._last_pub <= 2 * silent + max(2.0, silent):
             return
         if zmq.zmq_poll([(sub, _POLLIN)], 0):  # unread input: the link is alive, we are behind
             self._last_pub = now
@@ -906,6 +930,8 @@ class Window:
 
     def _on_registered(self, msg: protocol.Message) -> None:
         self._connected = True
+        if self._is_ready and not self._hello_ready:  # ready() came while this handshake was under way
+            self._send(Kind.READY, 0, "", "", ())
         if self._ready.is_set():
             log.warning("window %r: reconnected to the main at %s", self.name, self.endpoint)
         self._failures = 0
@@ -949,15 +975,17 @@ class Window:
             error: Exception | None = None
             if not callbacks:
                 error = NoHandler(h.channel, self.name)
-            elif len(self._serving) >= self.max_queued:  # bounded: the caller is told, nothing piles up
+            elif self._request_backlog >= self.max_queued:  # bounded (cancelled ones too, until taken): told
                 self._stats["refused_busy"] += 1
-                error = QueueFull(self.name, f"window {self.name!r} has {len(self._serving)} calls waiting for its "
+                error = QueueFull(self.name, f"window {self.name!r} has {self._request_backlog} calls waiting for its "
                                              "callbacks (its max_queued): try again later")
             if error is not None:
                 body = protocol.error_body(error, self.name)
                 self._send(Kind.ERROR, h.msg_id, "", "", [protocol.encode_body(body)])
                 return
-            serving = self._serving[h.msg_id] = _Serving()
+            serving = self._serving[(h.session, h.msg_id)] = _Serving()
+            with self._errors_lock:
+                self._request_backlog += 1
             self._dispatch.submit(functools.partial(self._answer_queued, serving, callbacks[0], event, msg))
             return
         if not callbacks:
@@ -996,17 +1024,18 @@ class Window:
 
     def _on_cancel(self, msg: protocol.Message) -> None:
         """The caller of our request ``msg_id`` gave up: if it has not started, it never will."""
-        serving = self._serving.pop(msg.header.msg_id, None)
+        serving = self._serving.pop((msg.header.session, msg.header.msg_id), None)
         if serving is not None:
             serving.cancelled = True
 
     def _answer_queued(self, serving: _Serving, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
         """``_answer`` on the pool, unless the caller gave up while the request waited (CANCEL)."""
-        self._serving.pop(msg.header.msg_id, None)  # one step: the loop may pop it for a CANCEL meanwhile
-        if serving.cancelled:
-            with self._errors_lock:
+        self._serving.pop((msg.header.session, msg.header.msg_id), None)  # one step: a CANCEL may pop it meanwhile
+        with self._errors_lock:
+            self._request_backlog -= 1
+            if serving.cancelled:
                 self._stats["cancelled_before_start"] += 1
-            return
+                return
         self._answer(cb, event, msg)
 
     def _notify(self, cb: Callable[..., Any], event: Event, args: Any) -> None:
@@ -1022,8 +1051,15 @@ class Window:
 
     def _answer(self, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
         msg_id = msg.header.msg_id
+        asked_by, asked_as = msg.header.session, self.session  # the main that asked, and us then
 
         def done(result: Any, exc: BaseException | None) -> None:
+            if self._main_session != asked_by or self.session != asked_as:
+                # Another main (a restart) or another incarnation of us numbers its calls afresh:
+                # it must never get this answer.
+                with self._errors_lock:
+                    self._stats["late_answers"] += 1
+                return
             if exc is None:
                 try:
                     kind, payload = Kind.REPLY, self.serializer.dumps(result)
@@ -1080,6 +1116,8 @@ class Window:
         threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
 
     def _on_bye(self, msg: protocol.Message) -> None:
+        # Even if the closed connection was seen first (the goodbye was handed over by a reading
+        # caller, after the loop had noticed the hang-up): a goodbye is a goodbye.
         self._lose_main("the main closed", retry=not self.exit_with_main)
         if self.exit_with_main:
             self._close_in_background(PeerLost(
@@ -1100,6 +1138,9 @@ class Window:
         self._connected = False
         self._lost_at = time.monotonic()
         self._pending.fail_all(lambda future: PeerLost(f"{future.description}: {reason} with the request pending"))
+        for serving in self._serving.values():  # nobody to answer: calls not yet started never will be
+            serving.cancelled = True
+        self._serving.clear()
         self._drop_sockets()
         if retry and self.reconnect:
             self._schedule_reconnect()
