@@ -233,6 +233,9 @@ def test_a_node_used_across_a_fork_fails_at_once_and_the_parents_is_unharmed():
                              lambda: main.main_msg_to_render("parent-window", 1),
                              lambda: main.main_call_render("parent-window", 1),
                              lambda: main.broadcast(1),
+                             lambda: main.wait_for_window("parent-window", 1),
+                             lambda: window.ready(),
+                             lambda: window.wait_closed(1),
                              lambda: pending.result(5)):
                     try:
                         call()

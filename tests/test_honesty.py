@@ -341,3 +341,55 @@ def test_a_name_too_long_for_the_routing_id_fails_at_once(main):
     assert time.monotonic() - started < 5
     with Window("n" * 222, main.endpoint, key=main.key) as window:
         assert main.has_window(window.name)
+
+
+# --- from the review: answers reach only their asker; limits the OS sets ------------------
+
+
+def test_an_answer_never_reaches_another_incarnation_of_its_window(main):
+    """A window that restarts under the same name numbers its calls afresh: a handler's answer to
+    the old incarnation must not settle the new one's call with the same number."""
+    release_first, release_second, started = threading.Event(), threading.Event(), threading.Event()
+    main.on_msg_from_render(lambda event, args: started.set() or (release_first.wait(10) and "for the first"),
+                            channel="first")
+    main.on_msg_from_render(lambda event, args: release_second.wait(10) and "for the second", channel="second")
+    first = Window("w", main.endpoint, key=main.key)
+    stale = first.render_msg_to_main(None, channel="first", timeout=30)
+    assert started.wait(5)  # running (not merely queued: a queued call is cancelled when its window leaves)
+    first.close()
+    with pytest.raises(Closed):
+        stale.result(5)
+    with Window("w", main.endpoint, key=main.key) as second:
+        mine = second.render_msg_to_main(None, channel="second", timeout=30)  # the same msg_id as the stale call
+        release_first.set()
+        assert wait_until(lambda: main.stats()["late_answers"] >= 1, 5)
+        assert not mine.done(), f"the new window got the old one's answer: {mine.result(0)!r}"
+        release_second.set()
+        assert mine.result(10) == "for the second"
+
+
+@pytest.mark.parametrize("heartbeat, liveness", [(0.01, 128), (0.05, 200), (32768.0, 1)])
+def test_heartbeats_past_the_kernels_keepalive_limits_still_let_windows_join(heartbeat, liveness):
+    with Main("tcp://127.0.0.1:0", heartbeat=heartbeat, liveness=liveness) as main:
+        with Window("w", main.endpoint, key=main.key, heartbeat=heartbeat, liveness=liveness, timeout=10):
+            assert main.has_window("w")
+
+
+def test_a_closed_main_lists_no_windows_and_waits_for_none(main, zprokit_window):
+    window = zprokit_window()
+    assert main.has_window(window.name)
+    main.close()
+    assert not main.has_window(window.name) and main.get_all_windows() == [] and main.stats()["windows"] == 0
+    with pytest.raises(Closed):
+        main.wait_for_window(window.name, timeout=5)
+
+
+def test_a_routed_reply_over_the_callers_limit_is_told_at_once(main, zprokit_window):
+    small = zprokit_window("small", max_payload=64 << 10)
+    big = zprokit_window("big")
+    big.on_render_msg_to_render(lambda event, args: b"y" * (128 << 10), channel="big")
+    started = time.monotonic()
+    with pytest.raises(MessageTooLarge):
+        small.render_call_render("big", None, channel="big", timeout=30).result(30)
+    assert time.monotonic() - started < 10
+    assert main.stats()["pending_routes"] == 0

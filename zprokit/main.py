@@ -640,6 +640,7 @@ class Main:
             "broadcasts_refused": 0,
             "refused_busy": 0,  # calls answered QueueFull: max_queued calls waited for the pool already
             "cancelled_before_start": 0,
+            "late_answers": 0,  # handlers' answers whose caller had left (or restarted): not sent
         }
         stats.update(self._stats)
         stats["broadcasts"] = self._broadcasts
