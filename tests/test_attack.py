@@ -203,6 +203,24 @@ def test_many_calls_that_time_out_cost_in_proportion_and_starve_nothing():
                 assert window.stats()["pending_requests"] == 0
             finally:
                 release.set()
-            assert main.stats()["requests_queued"] == 0  # every one was cancelled, none is left to run
+            # every one was cancelled (the last CANCELs may still be on their way), none is left to run
+            assert wait_until(lambda: main.stats()["requests_queued"] == 0, 10), main.stats()
             # the pool's threads come free: every call whose caller gave up leaves unrun
             assert wait_until(lambda: main.stats()["cancelled_before_start"] >= count - 100, 30), main.stats()
+
+
+def test_a_burst_of_calls_to_a_slow_handler_is_bounded_and_told():
+    """The main holds at most max_queued calls for its pool; the rest are answered QueueFull at once."""
+    with Main("tcp://127.0.0.1:0", workers=1, max_queued=10) as main:
+        release = threading.Event()
+        main.on_msg_from_render(lambda event, args: release.wait(30) and args, channel="slow")
+        with Window("caller", main.endpoint, key=main.key) as window:
+            try:
+                futures = [window.render_msg_to_main(i, channel="slow", timeout=30) for i in range(50)]
+                refused = [f for f in futures if wait_until(f.done, 0.5) and isinstance(f.exception(0), QueueFull)]
+                assert 35 <= len(refused) <= 40, len(refused)  # 1 running, 10 waiting, the rest told at once
+                assert main.stats()["requests_queued"] <= 10 and main.stats()["refused_busy"] == len(refused)
+            finally:
+                release.set()
+            served = [f.result(30) for f in futures if f not in refused]
+            assert served == sorted(served) and len(served) == 50 - len(refused)

@@ -119,6 +119,11 @@ def check_liveness(heartbeat: float, liveness: int) -> tuple[float, int]:
     return heartbeat, liveness
 
 
+# Expiries handled per timer call: 200,000 calls that time out together must not hold the I/O
+# thread for seconds (its heartbeat would starve); the rest follow after the loop's next turn.
+_EXPIRE_BATCH = 500
+
+
 class PendingRequests:
     """Requests awaiting an answer, by message id, each with its deadline.
 
@@ -185,7 +190,7 @@ class PendingRequests:
             if now >= self._next:  # the armed timer fired (not a stale later one): none is armed now
                 self._next = math.inf
             heap, items = self._heap, self._items
-            while heap and heap[0][0] <= now:
+            while heap and heap[0][0] <= now and len(expired) < _EXPIRE_BATCH:
                 deadline, msg_id = heapq.heappop(heap)
                 entry = items.get(msg_id)
                 if entry is not None and entry[1] == deadline:
@@ -195,6 +200,8 @@ class PendingRequests:
                 heap[:] = [(entry[1], msg_id) for msg_id, entry in list(items.items()) if entry[1] < math.inf]
                 heapq.heapify(heap)
             soonest = heap[0][0] if heap else math.inf
+            if soonest <= now:  # more are due: after the loop's next turn (sockets, heartbeats) first
+                soonest = now
             arm = soonest < self._next  # one armed timer at a time: expiries never multiply timers
             if arm:
                 self._next = soonest

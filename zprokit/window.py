@@ -1167,6 +1167,9 @@ class Window:
             return
         now = time.monotonic()
         if now - self._last_seen > self.heartbeat * self.liveness:
+            dealer = self._dealer
+            if dealer is not None and dealer.input_waiting():
+                return  # the main spoke and we have not read it yet (we are busy): it is not silent
             self._lose_main(f"no answer for {now - self._last_seen:.1f} s")
             return
         quiet = now - self._last_seen >= self.heartbeat or now - self._last_sent >= self.heartbeat
