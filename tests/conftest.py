@@ -1,7 +1,7 @@
 """Shared test plumbing: a leak check on every test, and ``wait_until``.
 
 Every test must leave behind no thread and no child process it started
-(DESIGN.md section 4, promise 6). Threads that are already on their way out
+(the README: `close()` stops every thread it started and leaves no process behind). Threads that are already on their way out
 (a daemon thread that runs ``close``, a worker told to stop) get a short,
 bounded grace period, polled against a deadline; whatever is still there
 after it fails the test.

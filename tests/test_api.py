@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md section 2, with Main and Windows in this process.
+"""The public API (the README's tour), with Main and Windows in this process.
 
 Each test names the promise it checks. Nodes talk over real TCP on
 loopback (``tcp://127.0.0.1:0``); real processes are in ``test_processes.py``.

@@ -34,7 +34,7 @@ KEY = "0123456789abcdef-a-key-for-the-cli-tests"
 DEADLINE = 15.0  # seconds any one expected line or exit may take
 COMMANDS = ["demo", "main", "window", "windows", "ping", "keygen", "bench"]
 
-# Every row of DESIGN.md section 2's API table, as the demo's transcript names them.
+# Every row of the README's API tour, as the demo's transcript names them.
 API_ROWS = [
     "init_ipc", "on_msg_from_render", "render_msg_to_main", "main_msg_to_render", "on_msg_from_main",
     "main_call_render", "broadcast", "on_broadcast", "render_msg_to_render", "on_render_msg_to_render",

@@ -1,4 +1,4 @@
-"""Windows that live and die honestly (DESIGN.md section 4, promises 3 to 6), with real processes.
+"""Windows that live and die honestly (the README's "Liveness, restarts and names"), with real processes.
 
 Detection times are printed (run with ``-s``) and bounded by the promise
 ("within a few heartbeat intervals"), generously, never by a benchmark figure.

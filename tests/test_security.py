@@ -1,4 +1,4 @@
-"""Bad input against a running main (DESIGN.md section 5), while a legitimate window keeps working.
+"""Bad input against a running main (SECURITY.md), while a legitimate window keeps working.
 
 Every attack runs while the honest window makes requests on a thread of its
 own (``HonestTraffic``): each of them must succeed, during the attack and

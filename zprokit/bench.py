@@ -107,7 +107,7 @@ class Metric:
     label: str
     unit: str
     better: str  # "lower" or "higher"
-    target: float | None = None  # on the ratio zprokit/raw, from DESIGN.md section 6
+    target: float | None = None  # on the ratio zprokit/raw: the project's targets (README, Performance)
 
 
 METRICS: tuple[Metric, ...] = (

@@ -113,7 +113,7 @@ class _Window:
     # past that wait here, at most as many again, their ACKs held back, so senders slow down.
     credit: int | None = None
     in_flight: int = 0
-    waiting: collections.deque[tuple[str, protocol.Message]] = dataclasses.field(default_factory=collections.deque)
+    waiting: collections.deque[tuple[str, protocol.Message]] | None = None  # made when first needed (memory)
 
 
 @dataclass
@@ -1101,7 +1101,7 @@ class Main:
         for key in [k for k in self._serving if k[0] == name]:  # nobody to answer: do not start them
             self._serving.pop(key).cancelled = True
         with self._credit_freed:
-            held, window.waiting = list(window.waiting), collections.deque()
+            held, window.waiting = list(window.waiting or ()), None
             self._credit_freed.notify_all()  # a sender waiting for its room learns it is gone
         for source, msg in held:  # routed one-way messages that waited for room: their senders are told
             self._send_error(source, msg.header.msg_id, lost)
@@ -1279,6 +1279,8 @@ class Main:
             with self._credit_lock:
                 if target.credit is not None:
                     if target.waiting or target.in_flight >= target.credit:
+                        if target.waiting is None:
+                            target.waiting = collections.deque()
                         if len(target.waiting) < target.credit:  # held, its ACK with it: the sender slows down
                             target.waiting.append((source, msg))
                             return
