@@ -484,7 +484,7 @@ def test_the_farm_across_hosts_loses_one_worker_host_and_cuts_off_another(deploy
 
 def test_a_silently_dropped_broadcast_link_is_noticed_and_dialled_again(deploy: Deployment) -> None:
     """The window's SUB connection to the main's PUB, dropped by the network without a word (its
-    packets only, both ways), is noticed by ZeroMQ's heartbeat on it, counted in the window's
+    packets only, both ways), is noticed by the main's heartbeat on the PUB (none arrives), counted in the window's
     ``broadcast_link_lost`` and dialled again; broadcasts reach the window again, and the window
     stays registered all along (its DEALER connection is another, untouched)."""
     main = deploy.start_main()

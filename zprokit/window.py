@@ -528,7 +528,7 @@ class Window:
             self._loop.add_socket(self._probe_monitor, self._on_probe_refused)
         try:
             probe.connect(self.endpoint)
-        except zmq.ZMQError as e:  # checked at construction; a name that cannot resolve may still fail here
+        except zmq.ZMQError as e:  # the form was checked at construction; libzmq may still refuse it
             probe.close(0)
             self._fail_handshake(ValueError(f"cannot connect to {short(self.endpoint)}: {e}"))
             return
