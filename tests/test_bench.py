@@ -137,3 +137,11 @@ def test_children_get_the_key_from_their_environment_not_their_command_line():
 def test_bad_options_are_usage_errors():
     result = subprocess.run([*ZPROKIT, "bench", "--rounds", "0"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--rounds" in result.stderr
+
+
+def test_the_zprokit_command_does_not_import_the_benchmark():
+    """Only ``zprokit bench`` loads the measurements and their child programs."""
+    code = "import sys, zprokit.cli; zprokit.cli.build_parser(); print('zprokit.bench._run' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

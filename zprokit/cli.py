@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import zmq
 
-from . import __version__, bench
+from . import __version__, bench  # the package holds only the options: the measurements load when run
 from .api import init_expose_in_main_world
 from .errors import ZprokitError
 from .main import Main

@@ -78,10 +78,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, cast
 
 import zmq
 
-from . import __version__, protocol
-from ._futures import ReplyFuture
-from .main import Main
-from .window import Window
+from .. import __version__, protocol
+from .._futures import ReplyFuture
+from ..main import Main
+from ..window import Window
+from . import add_arguments
 
 log = logging.getLogger(__name__)
 
@@ -1114,27 +1115,6 @@ SERVERS: dict[str, Callable[..., None]] = {
 # --- command line ---------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``zprokit bench`` (and of ``python -m zprokit.bench``)."""
-    parser.add_argument("--quick", action="store_true",
-                        help="small counts and one round: a smoke test that runs in seconds, not a measurement")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
-    parser.add_argument("--rounds", type=_positive_int, metavar="N",
-                        help="rounds, alternating which side goes first (default: 3; 1 with --quick)")
-    parser.add_argument("--windows", type=_positive_int, metavar="N",
-                        help="windows connected at once in the memory and routing rows (default: 200; 20 with --quick)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
-    return value
-
-
 def run_from_args(args: argparse.Namespace, out: TextIO = sys.stdout) -> dict[str, Any]:
     """Run as the options in ``args`` say; writes ``--json``. Raises ``BenchError``."""
     report = run(Sizes.choose(args.quick, args.rounds, args.windows), out)
@@ -1165,5 +1145,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
