@@ -1523,7 +1523,7 @@ class Main:
                 self._stats["dropped_hwm"] += 1
                 # Rate-limited: a stranger who floods us and never reads would otherwise get a line per message.
                 self._warn.warning("dropped_hwm", "main: send queue to %r is full; message not sent", ident)
-                raise QueueFull(_peer_name(ident)) from None
+                raise QueueFull(_peer_name(ident)) from e
             raise
         self._stats["messages_out"] += 1
         return True

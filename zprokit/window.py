@@ -1228,11 +1228,11 @@ class Window:
                 frames = protocol.pack(self._signer, header, payload)
             try:
                 dealer.send_locked(frames)
-            except zmq.Again:
+            except zmq.Again as e:
                 self._stats["dropped_hwm"] += 1
                 self._warn.warning("dropped_hwm", "window %r: the queue to the main is full; message not sent", self.name)
                 if raise_full:
-                    raise QueueFull(MAIN_NAME) from None
+                    raise QueueFull(MAIN_NAME) from e
                 return False
             self._last_sent = time.monotonic()
             self._stats["messages_out"] += 1
