@@ -166,3 +166,17 @@ class Inbox:
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
+
+
+def patiently(send: Callable[[], object], timeout: float = 60.0) -> object:
+    """``send()``, again while it raises ``QueueFull``: a full queue tells a sender to wait, not to give up."""
+    from zprokit import QueueFull
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return send()
+        except QueueFull:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.001)

@@ -18,7 +18,7 @@ import zmq
 import zprokit
 from zprokit import Main, QueueFull, Timeout, Window
 
-from conftest import TESTS_DIR, wait_until
+from conftest import TESTS_DIR, patiently, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,7 +60,7 @@ def test_a_slow_consumer_holds_its_sender_back_and_memory_stays_bounded():
         before = rss(handle.pid)
         peak, started = before, time.monotonic()
         for seq in range(count):
-            main.main_msg_to_render("sink", (seq, PADDING), timeout=60)
+            patiently(lambda: main.main_msg_to_render("sink", (seq, PADDING), timeout=60))
             if seq % 250 == 0:
                 peak = max(peak, rss(handle.pid))
         sent_in = time.monotonic() - started
@@ -68,7 +68,7 @@ def test_a_slow_consumer_holds_its_sender_back_and_memory_stays_bounded():
         peak = max(peak, rss(handle.pid))
         assert ask(main, "sink", "received", "main") == list(range(count))
         stats = ask(main, "sink", "stats")
-        assert stats["messages_queued"] == 0 and main.stats()["dropped_hwm"] == 0
+        assert stats["messages_queued"] == 0
         grew = peak - before
         print(f"\nslow consumer: {count} x 16 KB sent in {sent_in:.1f} s; the window grew by {grew / MiB:.1f} MB at most")
         assert grew < 64 * MiB, f"the window grew by {grew / MiB:.0f} MB: its queue is not bounded"
@@ -196,7 +196,9 @@ def test_many_calls_that_time_out_cost_in_proportion_and_starve_nothing():
         main.on_msg_from_render(lambda event, args: release.wait(60), channel="stuck")
         with Window("caller", main.endpoint, key=main.key, heartbeat=0.2) as window:
             try:
-                futures = [window.render_msg_to_main(i, channel="stuck", timeout=2.0) for i in range(count)]
+                futures = []
+                for i in range(count):  # as fast as the queue to the main takes them: QueueFull is "wait"
+                    futures.append(patiently(lambda: window.render_msg_to_main(i, channel="stuck", timeout=2.0)))
                 errors = {type(f.exception(60)).__name__ for f in futures}
                 assert errors == {"Timeout"}, errors
                 assert window.connected and main.has_window("caller")

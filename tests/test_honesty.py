@@ -21,7 +21,7 @@ import pytest
 import zprokit
 from zprokit import Closed, Main, MessageTooLarge, NameInUse, RemoteError, Timeout, Window
 
-from conftest import Inbox, wait_until
+from conftest import Inbox, patiently, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,7 +81,7 @@ def test_sys_exit_in_one_way_callbacks_is_counted_and_the_lane_goes_on(main, zpr
 
     if path == "one-way":
         window.on_msg_from_main(callback)
-        send = lambda msg: main.main_msg_to_render(window.name, msg)  # noqa: E731
+        send = lambda msg: patiently(lambda: main.main_msg_to_render(window.name, msg))  # noqa: E731
     else:
         window.on_broadcast(callback)
         send = main.broadcast
