@@ -16,7 +16,7 @@ import pytest
 
 from zprokit import Closed, Timeout
 
-from conftest import Inbox, wait_until
+from conftest import Inbox, patiently, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,7 +139,7 @@ def test_pipelined_requests_to_an_inline_handler_are_each_answered_once(main, zp
     main.on_msg_from_render(lambda event, args: -args, channel="negate", inline=True)
     w = zprokit_window()
     before = main.stats()["requests_served"]
-    futures = [w.render_msg_to_main(i, channel="negate") for i in range(3000)]
+    futures = [patiently(lambda: w.render_msg_to_main(i, channel="negate")) for i in range(3000)]
     assert [f.result(WAIT) for f in futures] == [-i for i in range(3000)]
     assert main.stats()["requests_served"] - before == 3000
     assert w.stats()["late_replies"] == 0
