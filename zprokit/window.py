@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Any, Callable, cast, overload
+from typing import Any, Callable, Sequence, cast, overload
 
 import zmq
 
@@ -996,7 +996,15 @@ class Window:
             self._send(Kind.UNHANDLED, 0, h.source, h.channel, ())
             self._handled_one_way(queued=False)
             return
-        payload = msg.payload
+        with self._errors_lock:
+            self._oneway_backlog += 1
+        self._queue_delivery(callbacks, event, msg.payload, ("message", h.channel), self._handled_one_way)
+
+    def _queue_delivery(
+        self, callbacks: Sequence[Callable[..., Any]], event: Event, payload: Any, lane: Any,
+        handled: Callable[[], None],
+    ) -> None:
+        """Deliver a one-way message or broadcast to ``callbacks`` in ``lane``; ``handled()`` after."""
 
         def deliver() -> None:
             try:
@@ -1004,11 +1012,9 @@ class Window:
                 for cb in callbacks:
                     self._notify(cb, event, args)
             finally:
-                self._handled_one_way()
+                handled()
 
-        with self._errors_lock:
-            self._oneway_backlog += 1
-        self._deliver(deliver, ("message", h.channel))
+        self._deliver(deliver, lane)
 
     def _handled_one_way(self, queued: bool = True) -> None:
         """One more one-way message handled: give the main its credit back, in batches while
@@ -1085,18 +1091,9 @@ class Window:
             return
         event = Event(sender=MAIN_NAME, channel=topic, kind="broadcast", topic=topic, receiver=self.name,
                       from_main=True)
-
-        def deliver() -> None:
-            try:
-                args = self.serializer.loads(payload)
-                for cb in callbacks:
-                    self._notify(cb, event, args)
-            finally:
-                self._handled_broadcast()
-
         with self._errors_lock:
             self._broadcast_backlog += 1
-        self._deliver(deliver, "broadcast")
+        self._queue_delivery(callbacks, event, payload, "broadcast", self._handled_broadcast)
 
     def _handled_broadcast(self) -> None:
         with self._errors_lock:
