@@ -50,6 +50,31 @@ def check_forked(born: int, what: str, pid: int) -> None:
         )
 
 
+def check_count(value: Any, what: str, unit: str, optional: bool = False) -> Any:
+    """A positive whole number of ``unit`` (``None`` too, if ``optional``); else ``ValueError`` at once."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive number of {unit}, got {short(value)}")
+    return value
+
+
+def closed_by_failure(description: str, exc: BaseException) -> Closed:
+    """The ``Closed`` a pending call (or a handshake) fails with when its node's I/O thread failed."""
+    error = Closed(f"{description}: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+class QueuedCall:
+    """A call waiting in a handler pool; ``cancelled`` once its caller gave up (CANCEL): never started."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
 def fail(future: ReplyFuture[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -168,10 +193,13 @@ class PendingRequests:
 
     def _compact(self) -> None:
         with self._lock:
-            if len(self._heap) > 2 * len(self._items) + 64:
-                self._heap[:] = [(entry[1], msg_id) for msg_id, entry in list(self._items.items())
-                                 if entry[1] < math.inf]
-                heapq.heapify(self._heap)
+            self._compact_locked()
+
+    def _compact_locked(self) -> None:
+        """Drop answered calls' deadlines from the heap once they outnumber the pending ones."""
+        if len(self._heap) > 2 * len(self._items) + 64:
+            self._heap[:] = [(entry[1], msg_id) for msg_id, entry in list(self._items.items()) if entry[1] < math.inf]
+            heapq.heapify(self._heap)
 
     def fail_all(self, make_error: Callable[[ReplyFuture[Any]], BaseException], target: str | None = None) -> None:
         """Fail every pending future (of ``target`` only, if given) with ``make_error(future)``."""
@@ -196,9 +224,7 @@ class PendingRequests:
                 if entry is not None and entry[1] == deadline:
                     del items[msg_id]
                     expired.append((msg_id, entry[0], entry[2], entry[3]))
-            if len(heap) > 2 * len(items) + 64:  # mostly answered requests: keep the heap small
-                heap[:] = [(entry[1], msg_id) for msg_id, entry in list(items.items()) if entry[1] < math.inf]
-                heapq.heapify(heap)
+            self._compact_locked()
             soonest = heap[0][0] if heap else math.inf
             if soonest <= now:  # more are due: after the loop's next turn (sockets, heartbeats) first
                 soonest = now

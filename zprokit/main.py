@@ -55,11 +55,14 @@ from ._common import (
     MAIN_NAME,
     MAX_WAIT,
     PendingRequests,
+    QueuedCall,
     check_channel,
+    check_count,
     check_endpoint,
     check_forked,
     check_liveness,
     check_timeout,
+    closed_by_failure,
     fail,
     fork_generation,
     short,
@@ -132,15 +135,6 @@ class _Route:
     target: str
 
 
-class _Serving:
-    """A window's request waiting in the handler pool; ``cancelled`` once its caller gave up."""
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-
 class Main:
     """The main process's node. See the module docstring for how it works.
 
@@ -211,17 +205,14 @@ class Main:
         elif curve_allow is not None or curve_public_key is not None:
             raise ValueError("CURVE needs curve_secret_key, the main's secret key (make a pair with `zprokit keygen --curve`)")
         self.curve_public_key: bytes | None = self._curve.public_key if self._curve else None
-        for limit, what in ((max_payload, "max_payload"), (max_message_size, "max_message_size")):
-            if limit is not None and (not isinstance(limit, int) or limit <= 0):
-                raise ValueError(f"{what} must be a positive number of bytes, got {limit!r}")
+        check_count(max_payload, "max_payload", "bytes", optional=True)
+        check_count(max_message_size, "max_message_size", "bytes", optional=True)
         self.max_payload = max_payload
         self._max_size = min((n for n in (max_payload, max_message_size) if n is not None), default=None)
         self.heartbeat, self.liveness = check_liveness(heartbeat, liveness)
         self.key = resolve_key(key, key_file=key_file, endpoint=endpoint, role="main", curve_server_key=self.curve_public_key)
         self.request_timeout = check_timeout(request_timeout, "request_timeout")
-        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
-            raise ValueError(f"max_queued must be a positive number of calls, got {short(max_queued)}")
-        self.max_queued = max_queued
+        self.max_queued: int = check_count(max_queued, "max_queued", "calls")
         self.serializer = get_serializer(serializer)
         self.max_message_size = max_message_size
         self.session = secrets.token_bytes(protocol.SESSION_SIZE)
@@ -293,7 +284,7 @@ class Main:
         self._route_ids: dict[tuple[str, int], int] = {}  # (source, its msg_id) -> our msg_id
         # Requests of windows waiting in the pool, so a caller that gives up (CANCEL) stops them
         # before they start; gone once they start (loop adds and cancels, a worker pops).
-        self._serving: dict[tuple[str, int], _Serving] = {}
+        self._serving: dict[tuple[str, int], QueuedCall] = {}
         self._backlog = 0  # calls handed to the pool and not yet taken by a thread (cancelled ones too)
         self._backlog_lock = threading.Lock()
         self._guard = protocol.ReplayGuard()
@@ -711,12 +702,7 @@ class Main:
             if self.close_reason is None:
                 self.close_reason = exc
 
-        def closed_error(future: ReplyFuture[Any]) -> BaseException:
-            error = Closed(f"{future.description}: the main's I/O thread failed: {exc!r}")
-            error.__cause__ = exc
-            return error
-
-        self._pending.fail_all(closed_error)
+        self._pending.fail_all(lambda future: closed_by_failure(f"{future.description}: the main's I/O thread failed", exc))
         # The rest of close() (the pool, created processes, the context) from a thread of its own.
         threading.Thread(target=self.close, name="zprokit-main-close", daemon=True).start()
 
@@ -1136,7 +1122,7 @@ class Main:
                 self._send_error(name, msg_id, QueueFull(MAIN_NAME, f"the main has {self._backlog} calls waiting "
                                                                     "for its handlers (its max_queued): try again later"))
                 return
-            serving = self._serving[(name, msg_id)] = _Serving()
+            serving = self._serving[(name, msg_id)] = QueuedCall()
             with self._backlog_lock:
                 self._backlog += 1
             self._dispatch.submit(functools.partial(self._serve_queued, serving, name, handler, channel, msg_id, payload))
@@ -1150,7 +1136,7 @@ class Main:
         call_handler(self._dispatch, handler, (Event(name, channel, "request", None, MAIN_NAME), args), done)
 
     def _serve_queued(
-        self, serving: _Serving, name: str, handler: Callable[..., Any], channel: str, msg_id: int, payload: Any
+        self, serving: QueuedCall, name: str, handler: Callable[..., Any], channel: str, msg_id: int, payload: Any
     ) -> None:
         """``_serve`` on the pool, unless the caller gave up while the request waited (CANCEL)."""
         self._serving.pop((name, msg_id), None)  # one step: the loop may pop it for a CANCEL meanwhile

@@ -48,12 +48,15 @@ from ._common import (
     MAIN_NAME,
     MAX_WAIT,
     PendingRequests,
+    QueuedCall,
     check_channel,
+    check_count,
     check_endpoint,
     check_forked,
     check_interval,
     check_liveness,
     check_timeout,
+    closed_by_failure,
     fail,
     fork_generation,
     short,
@@ -162,13 +165,8 @@ class Window:
         problem = check_window_name(name)
         if problem:
             raise ValueError(f"{problem}: {short(name)}")
-        if max_payload is not None and (not isinstance(max_payload, int) or isinstance(max_payload, bool)
-                                        or max_payload <= 0):
-            raise ValueError(f"max_payload must be a positive number of bytes, got {short(max_payload)}")
-        self.max_payload = max_payload
-        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
-            raise ValueError(f"max_queued must be a positive number of messages, got {short(max_queued)}")
-        self.max_queued = max_queued
+        self.max_payload: int | None = check_count(max_payload, "max_payload", "bytes", optional=True)
+        self.max_queued: int = check_count(max_queued, "max_queued", "messages")
         if not endpoint:
             raise ValueError("a window needs the main's endpoint: pass endpoint=... or set ZPROKIT_ENDPOINT")
         endpoint = check_endpoint(endpoint, bind=False)
@@ -242,7 +240,7 @@ class Window:
         self._hello_ready = ready  # what the last HELLO said
         # Requests from the main or other windows waiting in the pool, by the main's msg_id, so a
         # caller that gives up (CANCEL) stops them before they start (loop adds, a worker pops).
-        self._serving: dict[tuple[bytes, int], _Serving] = {}  # by (the main's session, its msg_id)
+        self._serving: dict[tuple[bytes, int], QueuedCall] = {}  # by (the main's session, its msg_id)
         self._errors_lock = threading.Lock()  # counters the pool threads change, and the backlogs below
         self._oneway_backlog = 0  # one-way messages queued for callbacks, not yet handled
         self._request_backlog = 0  # calls handed to the pool and not yet taken (cancelled ones too)
@@ -495,14 +493,10 @@ class Window:
                 self.close_reason = exc
         self._connected = False
 
-        def closed_error(future: ReplyFuture[Any]) -> BaseException:
-            error = Closed(f"{future.description}: window {self.name!r}'s I/O thread failed: {exc!r}")
-            error.__cause__ = exc
-            return error
-
-        self._pending.fail_all(closed_error)
+        failed = f"window {self.name!r}'s I/O thread failed"
+        self._pending.fail_all(lambda future: closed_by_failure(f"{future.description}: {failed}", exc))
         if not self._ready.is_set():  # the constructor waits: it raises this
-            self._handshake_error = closed_error(ReplyFuture("the handshake"))
+            self._handshake_error = closed_by_failure(f"the handshake: {failed}", exc)
             self._ready.set()
         threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
 
@@ -983,7 +977,7 @@ class Window:
                 body = protocol.error_body(error, self.name)
                 self._send(Kind.ERROR, h.msg_id, "", "", [protocol.encode_body(body)])
                 return
-            serving = self._serving[(h.session, h.msg_id)] = _Serving()
+            serving = self._serving[(h.session, h.msg_id)] = QueuedCall()
             with self._errors_lock:
                 self._request_backlog += 1
             self._dispatch.submit(functools.partial(self._answer_queued, serving, callbacks[0], event, msg))
@@ -1034,7 +1028,7 @@ class Window:
         if serving is not None:
             serving.cancelled = True
 
-    def _answer_queued(self, serving: _Serving, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
+    def _answer_queued(self, serving: QueuedCall, cb: Callable[..., Any], event: Event, msg: protocol.Message) -> None:
         """``_answer`` on the pool, unless the caller gave up while the request waited (CANCEL)."""
         self._serving.pop((msg.header.session, msg.header.msg_id), None)  # one step: a CANCEL may pop it meanwhile
         with self._errors_lock:
@@ -1261,15 +1255,6 @@ class Window:
             self._loop.remove_socket(self._sub)
             self._sub.close(linger_ms)
             self._sub = None
-
-
-class _Serving:
-    """A request waiting in the callback pool; ``cancelled`` once its caller gave up."""
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
 
 
 def _run_all(fns: list[Callable[[], None]]) -> None:
