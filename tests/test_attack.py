@@ -138,7 +138,7 @@ def test_strangers_cannot_subscribe_to_the_broadcast_port():
             main.broadcast("for the honest only")
             assert wait_until(lambda: got == ["for the honest only"], 5)
             assert not any(s.poll(200) for s in strangers), "a stranger received a broadcast"
-            assert len(main._subscriptions) <= 1  # no stranger's subscription was recorded
+            assert len(main._session._subscriptions) <= 1  # no stranger's subscription was recorded
             assert main.has_window("honest") and window.connected
         finally:
             for s in strangers:
@@ -166,10 +166,10 @@ def test_a_strangers_hang_ups_cost_the_main_constant_work(monkeypatch):
             victim = main.create_window("victim", "_targets:slow_to_set_up", env=ENV)
             main.wait_for_window("victim", timeout=30)
             checks: list[str] = []
-            real = main._check_reachable
-            monkeypatch.setattr(main, "_check_reachable", lambda name: (checks.append(name), real(name)))
+            real = main._router._ping  # how the main looks at a window whose connection closed
+            monkeypatch.setattr(main._router, "_ping", lambda name: (checks.append(name), real(name)))
             sweeps: list[int] = []
-            monkeypatch.setattr(main, "_sweep", lambda: sweeps.append(1))
+            monkeypatch.setattr(main._router, "_sweep", lambda: sweeps.append(1))
             before = main.stats()["disconnects"]
             host, port = main.endpoint.rsplit("//", 1)[1].rsplit(":", 1)
             for _ in range(100):

@@ -20,7 +20,7 @@ import zmq
 from test_cli import Background, assert_one_line_error, zprokit
 from zprokit import Main, Window, cli
 from zprokit._ratelimit import RateLimitedLog
-from zprokit.protocol import ReplayGuard
+from zprokit.session import ReplayGuard
 from zprokit.security import (
     ENV_KEY, ENV_KEY_FILE, CurveClient, CurveServer, curve_key, derive_key_from_curve, read_curve_allow_file,
     read_key_file, resolve_key,

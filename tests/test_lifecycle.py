@@ -282,7 +282,7 @@ def test_a_window_the_main_dropped_is_told_and_rejoins_before_its_own_liveness_l
             w.on_msg_from_main(lambda event, msg: msg, channel="echo")
             assert came.get() == "dropped"
             dropped = time.monotonic()
-            main._loop.call_soon(lambda: main._drop_window("dropped", "dropped by the test"))
+            main._loop.call_soon(lambda: main._router.drop("dropped", "dropped by the test"))
             assert came.get(timeout=HEARTBEAT * window_liveness / 2) == "dropped"
             print(f"\ndropped window rejoined {time.monotonic() - dropped:.3f} s later "
                   f"(its own liveness limit: {HEARTBEAT * window_liveness:.0f} s)")

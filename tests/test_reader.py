@@ -1,4 +1,4 @@
-"""A window's waiting caller reads its own answer (``Window._read_for``).
+"""A window's waiting caller reads its own answer (``Link.read_for``).
 
 ``ReplyFuture.result()`` on a window's request reads the DEALER on the
 waiting thread when no one else does, so the answer needs no handoff from
@@ -89,7 +89,7 @@ def test_an_answer_read_by_another_waiting_thread_still_reaches_its_caller(main,
     got: list[object] = []
     reader = threading.Thread(target=lambda: got.append(slow.result(WAIT)))
     reader.start()  # this thread now reads, waiting for the gated answer
-    assert wait_until(lambda: w._dealer is not None and w._dealer.rx.locked(), WAIT)
+    assert wait_until(lambda: w._link.dealer is not None and w._link.dealer.rx.locked(), WAIT)
     # Meanwhile this thread's request is answered; the reader reads that answer for it.
     assert w.render_msg_to_main(None, channel="quick").result(WAIT) == "quick"
     gate.set()
@@ -112,7 +112,7 @@ def test_close_ends_a_reading_caller_with_closed_at_once(main, zprokit_window):
 
     reader = threading.Thread(target=wait)
     reader.start()
-    assert wait_until(lambda: w._dealer is not None and w._dealer.rx.locked(), WAIT)
+    assert wait_until(lambda: w._link.dealer is not None and w._link.dealer.rx.locked(), WAIT)
     started = time.monotonic()
     w.close()
     reader.join(WAIT)

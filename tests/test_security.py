@@ -8,9 +8,15 @@ under the right reason in ``stats()["rejected"]``, that no handler ran for it
 the file its execution would create does not exist.
 
 The attackers are raw pyzmq sockets: ``DEALER``s sending whatever frames the
-test builds, a ``RawWindow`` that holds the key and speaks the handshake (to
-record valid messages and replay or tamper with them), and a ``FakeMain``
-that holds the key and attacks a real ``Window`` from the main's side. The
+test builds; a ``RawWindow`` that holds the key, raw sockets around a
+``WindowSession`` (``zprokit.session``): the session makes the handshake,
+numbers the messages and checks what the main sends back, and the sockets
+send exactly the frames a test gives (to record valid messages and replay
+or tamper with them); and a ``FakeMain`` that holds the key, raw sockets
+around a ``MainSession``: it handshakes one real ``Window`` as a main does,
+then sends it whatever frames a test gives. What no session would send (a
+replay, a tampered frame, a wrong key, a forged name or sequence number) is
+built by hand with ``protocol.pack``: that is the attack. The
 random part is a seeded ``random.Random`` (no hypothesis: a reproducible
 stream of thousands of messages at a live server is what is wanted, and
 shrinking a stream against a server has little to offer).
@@ -36,9 +42,9 @@ from conftest import Inbox, wait_until
 from zprokit import AuthenticationError, Main, ProtocolError, Window
 from zprokit.security import subscriber_token
 from zprokit.protocol import (
-    BROADCAST_PREFIX, CONTROL_PREFIX, NO_SESSION, VERSION, Header, Kind, Message, Signer,
-    decode_body, encode_body, is_denial, pack, unpack,
+    BROADCAST_PREFIX, NO_SESSION, VERSION, Kind, Message, Signer, decode_body, encode_body, is_denial, pack, unpack,
 )
+from zprokit.session import MAIN_NAME, Joining, MainSession, Peer, Welcome, WindowSession
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,6 +54,7 @@ SIGNER = Signer(KEY)
 SEED = 20240405
 WAIT = 10.0
 HEARTBEAT = 2.0  # RawWindow and FakeMain never ping: give them time
+LIVENESS = 3  # Main's and Window's default
 MAX_PAYLOAD = 256 * 1024
 REASONS = ("bad_signature", "replay", "malformed", "oversized", "unknown_version", "unauthenticated")
 
@@ -234,43 +241,55 @@ def hello_body(name: str, serializer: str = "pickle") -> bytes:
     return encode_body({"name": name, "pid": os.getpid(), "host": socket.gethostname(), "serializer": serializer, "timeout": 5})
 
 
+def hello_frames(signer: Signer, session: WindowSession, serializer: str = "pickle") -> list[bytes]:
+    """The HELLO of a new handshake of ``session`` (its first message, sent on a probe socket)."""
+    session.start_handshake()
+    return pack(signer, Kind.HELLO, 0, session.next_seq(), session.session, NO_SESSION, session.name,
+                payload=[hello_body(session.name, serializer)])
+
+
 class RawWindow:
-    """A window made of raw sockets that holds the key: handshakes, then sends exactly the frames a test gives."""
+    """A window that holds the key: raw sockets around a ``WindowSession``.
+
+    The session makes the handshake (its session id, the numbers, the answer
+    to WELCOME: the routing id, the PUB address and login, the topics) and
+    checks every message ``expect`` reads, as a real window's does; the raw
+    sockets send exactly the frames a test gives (``frames`` builds valid ones).
+    """
 
     def __init__(self, ctx: zmq.Context, endpoint: str, name: str, key: bytes = KEY,
                  curve: tuple[bytes, bytes, bytes] | None = None, serializer: str = "pickle") -> None:
         self.name = name
         self.signer = Signer(key)
-        self.session = os.urandom(16)
-        self._seq = itertools.count(1)
-        self._ids = itertools.count(1)
+        self.session = WindowSession(name, heartbeat=HEARTBEAT, liveness=LIVENESS)
         probe = dealer(ctx, endpoint, b"\xff" + os.urandom(15), curve)
-        probe.send_multipart(pack(self.signer, Header(Kind.HELLO, 0, next(self._seq), self.session, NO_SESSION, name),
-                                  [hello_body(name, serializer)]))
-        welcome = unpack(self.signer, recv(probe) or pytest.fail("no WELCOME"))
+        probe.send_multipart(hello_frames(self.signer, self.session, serializer))
+        answer = unpack(self.signer, recv(probe) or pytest.fail("no WELCOME"))
         probe.close()
-        assert welcome.header.kind == Kind.WELCOME, welcome
-        body = decode_body(welcome.payload)
-        self.main_session = welcome.header.session
+        joining = self.session.answer(answer, endpoint)  # HandshakeFailed if refused
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         if curve is not None:
             self.sub.curve_serverkey, self.sub.curve_publickey, self.sub.curve_secretkey = curve
-        elif body.get("pub_auth") == "plain":  # the PUB port admits only windows that handshook
+        elif joining.pub_auth:  # the PUB port admits only windows that handshook
             self.sub.plain_username = name.encode()
-            self.sub.plain_password = subscriber_token(key, name, body["nonce"]).encode()
-        self.sub.setsockopt(zmq.SUBSCRIBE, CONTROL_PREFIX + f"{name}\0{body['nonce']}".encode())
-        self.sub.connect("tcp://127.0.0.1:" + body["pub"].rsplit(":", 1)[1])
-        self.ident = f"{name}\0{body['nonce']}".encode()
+            self.sub.plain_password = subscriber_token(key, name, joining.nonce).encode()
+        for topic in joining.topics:  # the control topic last: the main registers us once it sees it
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sub.connect(joining.pub)
+        self.ident = joining.routing_id
         self.sock = dealer(ctx, endpoint, self.ident, curve)
-        self.send(self.frames(Kind.REGISTER, [encode_body({"nonce": body["nonce"]})], channel=""))
+        self.send(self.frames(Kind.REGISTER, [encode_body({"nonce": joining.nonce})], channel="", msg_id=0))
         assert self.expect(Kind.REGISTERED) is not None, "not registered"
+        self.session.registered(time.monotonic())
 
     def frames(self, kind: Kind, payload: list[bytes], channel: str = "echo", target: str = "", msg_id: int | None = None) -> list[bytes]:
-        """A validly signed message of this window (not sent)."""
-        msg_id = next(self._ids) if msg_id is None else msg_id
-        header = Header(kind, msg_id, next(self._seq), self.session, self.main_session, self.name, target, channel)
-        return pack(self.signer, header, payload)
+        """A validly signed message of this window, numbered by its session (not sent)."""
+        session = self.session
+        assert session.main_session is not None
+        msg_id = session.next_id() if msg_id is None else msg_id
+        return pack(self.signer, kind, msg_id, session.next_seq(), session.session, session.main_session,
+                    self.name, target, channel, payload)
 
     def request(self, obj: Any) -> list[bytes]:
         return self.frames(Kind.REQUEST, [pickle.dumps(obj)])
@@ -279,14 +298,19 @@ class RawWindow:
         self.sock.send_multipart(frames)
 
     def expect(self, kind: Kind, timeout: float = WAIT) -> Message | None:
-        """The next message of ``kind`` (PINGs and the like skipped), or None after ``timeout`` s."""
+        """The next message of ``kind`` (PINGs and the like skipped), or None after ``timeout`` s.
+
+        Every message read must pass the session's check (``WindowSession.admit``
+        raises ``Rejected`` otherwise): the main never sends a window what a window refuses.
+        """
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             frames = recv(self.sock, left)
             if frames is None:
                 return None
             msg = unpack(self.signer, frames)
-            if msg.header.kind == kind:
+            self.session.admit(msg, time.monotonic())
+            if msg.kind == kind:
                 return msg
         return None
 
@@ -318,12 +342,12 @@ def random_message(rng: random.Random, session: bytes) -> list[bytes]:
         return [blob() for _ in range(rng.randint(1, 6))]
     if shape == 1:  # the version, then noise
         return [VERSION + blob(120), *(blob() for _ in range(rng.randint(0, 3)))]
-    header = Header(rng.choice(list(Kind)), rng.getrandbits(64), rng.getrandbits(64),
-                    rng.choice([session, NO_SESSION, rng.randbytes(16)]), rng.choice([session, NO_SESSION]),
-                    text(), text(), text(), rng.getrandbits(7))
+    header = (rng.choice(list(Kind)), rng.getrandbits(64), rng.getrandbits(64),
+              rng.choice([session, NO_SESSION, rng.randbytes(16)]), rng.choice([session, NO_SESSION]),
+              text(), text(), text())
     payload = [rng.choice([pickle.dumps(("junk", rng.random())), encode_body({"name": "honest"}), blob(), blob(3000)])
                for _ in range(rng.randint(0, 3))]
-    frames = [bytes(f) for f in pack(rng.choice([WRONG, Signer(rng.randbytes(8))]), header, payload)]
+    frames = [bytes(f) for f in pack(rng.choice([WRONG, Signer(rng.randbytes(8))]), *header, payload)]
     if shape == 2:  # well formed, signed with a wrong key
         return frames
     if shape == 3:  # a byte changed
@@ -396,8 +420,8 @@ def test_wrong_key_is_rejected_as_bad_signature(main: Main, honest: Window, echo
     mark = tmp_path / "ran"
     impostor = dealer(ctx, main.endpoint, b"\xff" + os.urandom(15))
     session = os.urandom(16)
-    hello = pack(WRONG, Header(Kind.HELLO, 0, 1, session, NO_SESSION, "intruder"), [hello_body("intruder")])
-    request = pack(WRONG, Header(Kind.REQUEST, 1, 2, session, main.session, "honest", "", "echo"), [pickle.dumps(Evil(mark))])
+    hello = pack(WRONG, Kind.HELLO, 0, 1, session, NO_SESSION, "intruder", payload=[hello_body("intruder")])
+    request = pack(WRONG, Kind.REQUEST, 1, 2, session, main.session, "honest", "", "echo", [pickle.dumps(Evil(mark))])
     before = rejected(main)
     with HonestTraffic(honest):
         impostor.send_multipart(hello)
@@ -457,15 +481,15 @@ def test_a_replayed_message_is_rejected_and_runs_nothing(main: Main, honest: Win
 
 
 def test_a_recorded_handshake_cannot_be_replayed(main: Main, honest: Window, echo: Echo, ctx: zmq.Context):
-    session = os.urandom(16)
-    hello = pack(SIGNER, Header(Kind.HELLO, 0, 1, session, NO_SESSION, "late"), [hello_body("late")])
+    late = WindowSession("late", heartbeat=HEARTBEAT, liveness=LIVENESS)
+    recorded = hello_frames(SIGNER, late)  # a key holder's HELLO, recorded on its way
     first = dealer(ctx, main.endpoint, b"\xff" + os.urandom(15))
-    first.send_multipart(hello)
-    assert unpack(SIGNER, recv(first)).header.kind == Kind.WELCOME
+    first.send_multipart(recorded)
+    assert isinstance(late.answer(unpack(SIGNER, recv(first) or pytest.fail("no WELCOME")), main.endpoint), Joining)
     before = rejected(main)
     replayer = dealer(ctx, main.endpoint, b"\xff" + os.urandom(15))
     for _ in range(20):
-        replayer.send_multipart(hello)
+        replayer.send_multipart(recorded)
     assert wait_for_rejections(main, before, 20) == {"replay": 20}
     assert not replayer.poll(200)  # no answer at all
     serves(main, honest, echo)
@@ -476,13 +500,13 @@ def test_oversized_messages_are_rejected_unread(main: Main, honest: Window, echo
     raw = RawWindow(ctx, main.endpoint, "raw")
     big = raw.frames(Kind.REQUEST, [pickle.dumps(Evil(mark)), b"x" * MAX_PAYLOAD])  # validly signed, even
     stranger = dealer(ctx, main.endpoint)
-    header = Header(Kind.REQUEST, 1, 1, os.urandom(16), main.session, "honest", "", "echo")
+    header = (Kind.REQUEST, 1, 1, os.urandom(16), main.session, "honest", "", "echo")
     before = rejected(main)
     with HonestTraffic(honest):
         raw.send(big)
         for size in (MAX_PAYLOAD + 1, 4 * MAX_PAYLOAD):
-            stranger.send_multipart(pack(WRONG, header, [b"y" * size]))
-        stranger.send_multipart(pack(WRONG, header, [b"z" * 1024] * (MAX_PAYLOAD // 1024 + 1)))  # many small frames
+            stranger.send_multipart(pack(WRONG, *header, [b"y" * size]))
+        stranger.send_multipart(pack(WRONG, *header, [b"z" * 1024] * (MAX_PAYLOAD // 1024 + 1)))  # many small frames
         got = wait_for_rejections(main, before, 4)
     assert got == {"oversized": 4}
     assert not mark.exists()
@@ -499,7 +523,7 @@ def test_a_frame_over_max_message_size_drops_the_connection_and_the_main_survive
             stranger = dealer(ctx, main.endpoint)
             before = main.stats()
             with HonestTraffic(honest):
-                stranger.send_multipart(pack(WRONG, Header(Kind.REQUEST), [b"-", b"x" * (1024 * 1024)]))
+                stranger.send_multipart(pack(WRONG, Kind.REQUEST, payload=[b"-", b"x" * (1024 * 1024)]))
                 # libzmq closes the connection before Python sees a byte: only the hang-up is counted.
                 assert wait_until(lambda: main.stats()["disconnects"] > before.get("disconnects", 0), WAIT)
             assert sum(rejected(main).values()) == 0  # nothing of it was read
@@ -528,14 +552,14 @@ def test_a_malicious_pickle_never_runs(main: Main, honest: Window, echo: Echo, c
     before = rejected(main)
     with HonestTraffic(honest):
         # signed with the wrong key
-        header = Header(Kind.REQUEST, 1, 10**6, raw.session, main.session, "raw", "", "echo")
-        stranger.send_multipart(pack(WRONG, header, [pickle.dumps(Evil(marks[0]))]))
-        raw.send(pack(WRONG, header, [pickle.dumps(Evil(marks[1]))]))
+        header = (Kind.REQUEST, 1, 10**6, raw.session.session, main.session, "raw", "", "echo")
+        stranger.send_multipart(pack(WRONG, *header, [pickle.dumps(Evil(marks[0]))]))
+        raw.send(pack(WRONG, *header, [pickle.dumps(Evil(marks[1]))]))
         # a valid message whose payload was swapped for the pickle
         harmless = pickle.dumps("harmless")
         raw.send(swapped(raw.frames(Kind.REQUEST, [harmless]), harmless, pickle.dumps(Evil(marks[2]))))
         # the pickle in a handshake signed with no key of ours, and in a routed message for the honest window
-        stranger.send_multipart(pack(Signer(b"\0"), Header(Kind.HELLO, 0, 1, os.urandom(16)), [pickle.dumps(Evil(marks[3]))]))
+        stranger.send_multipart(pack(Signer(b"\0"), Kind.HELLO, 0, 1, os.urandom(16), payload=[pickle.dumps(Evil(marks[3]))]))
         routed = raw.frames(Kind.MESSAGE, [harmless], channel="c", target="honest")
         raw.send(swapped(routed, harmless, pickle.dumps(Evil(marks[3]))))
         got = wait_for_rejections(main, before, 5)
@@ -577,23 +601,23 @@ def test_serializer_mismatch_is_refused_with_a_clear_error():
 def test_a_handshake_flood_is_counted_and_the_main_serves_on(main: Main, honest: Window, echo: Echo, ctx: zmq.Context,
                                                               caplog: pytest.LogCaptureFixture):
     probes = [dealer(ctx, main.endpoint, b"\xff" + os.urandom(15)) for _ in range(40)]
-    recorded = pack(SIGNER, Header(Kind.HELLO, 0, 1, os.urandom(16), NO_SESSION, "flood"), [hello_body("flood")])
+    recorded = hello_frames(SIGNER, WindowSession("flood", heartbeat=HEARTBEAT, liveness=LIVENESS))  # a key holder's
     before = rejected(main)
     with HonestTraffic(honest):
         for i in range(2000):  # HELLOs of strangers: wrong key, or none
             session = os.urandom(16)
             signer = WRONG if i % 2 else Signer(os.urandom(8))
             probes[i % len(probes)].send_multipart(
-                pack(signer, Header(Kind.HELLO, 0, 1, session, NO_SESSION, f"w{i}"), [hello_body(f"w{i}")]))
+                pack(signer, Kind.HELLO, 0, 1, session, NO_SESSION, f"w{i}", payload=[hello_body(f"w{i}")]))
         for i in range(500):  # one recorded HELLO, over and over
             probes[i % len(probes)].send_multipart(recorded)
         deaf = dealer(ctx, main.endpoint, b"\xff" + os.urandom(15))
         deaf.setsockopt(zmq.RCVHWM, 10)
         for i in range(3000):  # and a stranger who never reads the refusals it gets back
-            deaf.send_multipart(pack(WRONG, Header(Kind.HELLO, 0, 1, os.urandom(16), NO_SESSION, "deaf"), [hello_body("deaf")]))
+            deaf.send_multipart(pack(WRONG, Kind.HELLO, 0, 1, os.urandom(16), NO_SESSION, "deaf", payload=[hello_body("deaf")]))
         got = wait_for_rejections(main, before, 5000 + 499)
     assert got == {"bad_signature": 5000, "replay": 499}
-    assert list(main._reservations) == ["flood"]  # one name reserved, by the one HELLO answered
+    assert list(main._session._reservations) == ["flood"]  # one name reserved, by the one HELLO answered
     warnings = [r.getMessage() for r in caplog.records if r.name == "zprokit.main"]
     assert len(warnings) <= 3, warnings  # a line per reason (and per 10 s), not per message
     with Window("newcomer", main.endpoint, key=KEY):  # the door is still open
@@ -645,10 +669,10 @@ def test_under_curve_a_window_cannot_claim_another_windows_name(curve, echo: Ech
                 # Mallory, registered as herself, sends under alice's routing id, and under her own with alice's name.
                 mallory_keys = (server_public, *curve["mallory"])
                 mallory = RawWindow(ctx, main.endpoint, "mallory", key=main.key, curve=mallory_keys)
-                forged = Header(Kind.REQUEST, 1, 99, mallory.session, main.session, "alice", "", "echo")
+                forged = (Kind.REQUEST, 1, 99, mallory.session.session, main.session, "alice", "", "echo")
                 as_alice = dealer(ctx, main.endpoint, b"alice\0" + b"0" * 32, mallory_keys)
-                as_alice.send_multipart(pack(mallory.signer, forged, [pickle.dumps("from mallory")]))
-                mallory.send(pack(mallory.signer, forged, [pickle.dumps("from mallory")]))
+                as_alice.send_multipart(pack(mallory.signer, *forged, [pickle.dumps("from mallory")]))
+                mallory.send(pack(mallory.signer, *forged, [pickle.dumps("from mallory")]))
                 # unauthenticated: the HELLO, the ZAP refusal (libzmq may retry it), the routing id;
                 # unregistered: her own routing id, with alice's name in the header
                 wait_for(main, before, lambda got: got.get("unauthenticated", 0) >= 3 and got.get("unregistered") == 1)
@@ -665,8 +689,7 @@ def test_under_curve_a_plain_client_gets_nothing_through(curve, echo: Echo, ctx:
         main.on_msg_from_render(echo, channel="echo")
         before = main.stats()["messages_in"]
         plain = dealer(ctx, main.endpoint)
-        plain.send_multipart(pack(Signer(main.key), Header(Kind.HELLO, 0, 1, os.urandom(16), NO_SESSION, "alice"),
-                                  [hello_body("alice")]))
+        plain.send_multipart(hello_frames(Signer(main.key), WindowSession("alice", heartbeat=HEARTBEAT, liveness=LIVENESS)))
         assert not plain.poll(500)  # no answer within half a second ...
         assert main.stats()["messages_in"] == before  # ... because nothing arrived
         with Window("alice", main.endpoint, curve_secret_key=curve["alice"][1], curve_server_key=server_public) as alice:
@@ -702,7 +725,14 @@ def test_curve_create_window_gets_a_key_of_its_own(curve, tests_dir: str):
 
 
 class FakeMain:
-    """A main made of raw sockets: handshakes one window, then sends whatever frames a test gives."""
+    """A main that holds the key: raw sockets around a ``MainSession``. It handshakes one window
+    as a main does, then sends it whatever frames a test gives.
+
+    The session decides the handshake (the WELCOME and its nonce, the
+    REGISTER, the control subscription that completes it) and numbers what
+    the ROUTER sends; the fake adds what a main's sockets add: the PUB
+    address in WELCOME, and the numbers of its broadcasts.
+    """
 
     def __init__(self, ctx: zmq.Context, key: bytes = KEY) -> None:
         self.router = ctx.socket(zmq.ROUTER)
@@ -711,38 +741,52 @@ class FakeMain:
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind("tcp://127.0.0.1:*")
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub_endpoint = self.xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.signer = Signer(key)
-        self.session = os.urandom(16)
-        self._seq = itertools.count(1)
-        self._bseq = itertools.count(1)
+        self.session = MainSession(os.urandom(16), serializer="pickle", heartbeat=HEARTBEAT, liveness=LIVENESS)
+        self._bseq = itertools.count(1)  # the PUB's numbers (a main's publisher keeps them, not its session)
+        self.peer: Peer | None = None  # the window, once registered
 
     def accept(self) -> None:
         """Answer a window's HELLO and REGISTER (run beside the Window's constructor)."""
         probe, *frames = recv(self.router) or pytest.fail("no HELLO")
         hello = unpack(self.signer, frames)
-        self.window_session = hello.header.session
-        self.name = decode_body(hello.payload)["name"]
-        nonce = "ab" * 16
-        body = encode_body({"nonce": nonce, "pub": self.xpub.getsockopt_string(zmq.LAST_ENDPOINT), "serializer": "pickle"})
-        self.router.send_multipart([probe, *pack(self.signer, Header(Kind.WELCOME, 0, next(self._seq), self.session,
-                                                                       self.window_session, "main", self.name), [body])])
-        self.ident, *frames = recv(self.router) or pytest.fail("no REGISTER")
-        assert unpack(self.signer, frames).header.kind == Kind.REGISTER
-        assert self.ident == f"{self.name}\0{nonce}".encode()
-        while (recv(self.xpub) or pytest.fail("no subscription"))[0] != b"\x01" + CONTROL_PREFIX + self.ident:
-            pass
+        decision = self.session.hello(probe, hello, time.monotonic())
+        assert isinstance(decision, Welcome), decision
+        # What a main's sockets add to the session's WELCOME: where the PUB is, and no login (this XPUB admits anyone).
+        body = {**decision.body, "pub": self.pub_endpoint, "pub_auth": None}
+        self.router.send_multipart([probe, *pack(self.signer, Kind.WELCOME, hello.msg_id, self.session.next_seq(),
+                                                 self.session.session, hello.session, MAIN_NAME, decision.name,
+                                                 payload=[encode_body(body)])])
+        ident, *frames = recv(self.router) or pytest.fail("no REGISTER")
+        register = unpack(self.signer, frames)
+        assert register.kind == Kind.REGISTER, register
+        # Rejected unless the routing id and the body carry the WELCOME's nonce.
+        peer = self.session.register(ident, register, time.monotonic())
+        while peer is None:  # registered once the window's SUB has subscribed to its control topic
+            event = (recv(self.xpub) or pytest.fail("no subscription"))[0]
+            if event[:1] == b"\x01":
+                peer = self.session.subscribed(event[1:])
+        self.peer = peer
         self.send(self.frames(Kind.REGISTERED, []))
 
+    @property
+    def window(self) -> Peer:
+        assert self.peer is not None, "no window registered"
+        return self.peer
+
     def frames(self, kind: Kind, payload: list[bytes], channel: str = "", source: str = "") -> list[bytes]:
-        header = Header(kind, 0, next(self._seq), self.session, self.window_session, source, self.name, channel)
-        return pack(self.signer, header, payload)
+        """A validly signed message to the window, numbered by the session (not sent);
+        ``source``: routed from that window (else from the main)."""
+        return pack(self.signer, kind, 0, self.session.next_seq(), self.session.session, self.window.session,
+                    source, self.window.name, channel, payload)
 
     def broadcast(self, payload: list[bytes], topic: str = "") -> list[bytes]:
-        header = Header(Kind.BROADCAST, 0, next(self._bseq), self.session, NO_SESSION, "", "", topic)
-        return pack(self.signer, header, payload, topic=BROADCAST_PREFIX + topic.encode())
+        return pack(self.signer, Kind.BROADCAST, 0, next(self._bseq), self.session.session, NO_SESSION, "", "", topic,
+                    payload, topic=BROADCAST_PREFIX + topic.encode())
 
     def send(self, frames: list[bytes]) -> None:
-        self.router.send_multipart([self.ident, *frames])
+        self.router.send_multipart([self.window.ident, *frames])
 
     def publish(self, frames: list[bytes]) -> None:
         self.xpub.send_multipart(frames)
@@ -769,16 +813,16 @@ def test_a_window_verifies_everything_from_its_main_connection(ctx: zmq.Context,
         assert sorted(got.wait_for(3, WAIT)) == [("broadcast", "everyone"), ("direct", "direct"), ("peer", "routed")]
 
         evil = [pickle.dumps(Evil(m)) for m in marks]
-        forged = Header(Kind.MESSAGE, 0, 10**6, fake.session, window.session, "peer", "target", "c")
+        forged = (Kind.MESSAGE, 0, 10**6, fake.session.session, fake.window.session, "peer", "target", "c")
         harmless = pickle.dumps("harmless")
-        fake.send(pack(WRONG, forged, [evil[0]]))  # wrong key
+        fake.send(pack(WRONG, *forged, [evil[0]]))  # wrong key
         fake.send(swapped(fake.frames(Kind.MESSAGE, [harmless], "c"), harmless, evil[1]))  # payload swapped
         fake.send(with_version(fake.frames(Kind.MESSAGE, [evil[2]], "c"), b"ZPK9/hmac-sha256"))  # unknown version
         fake.send(direct)  # replayed
         fake.send(routed)
         fake.publish(broadcast)  # a replayed broadcast
-        forged_b = Header(Kind.BROADCAST, 0, 10**6, fake.session, NO_SESSION, "", "", "")
-        fake.publish(pack(WRONG, forged_b, [evil[3]], topic=BROADCAST_PREFIX))  # a forged broadcast
+        forged_b = (Kind.BROADCAST, 0, 10**6, fake.session.session, NO_SESSION, "", "", "")
+        fake.publish(pack(WRONG, *forged_b, [evil[3]], topic=BROADCAST_PREFIX))  # a forged broadcast
         fake.publish(swapped(fake.broadcast([harmless]), harmless, evil[4]))  # a tampered broadcast
         fake.publish([BROADCAST_PREFIX + b"other", *fake.broadcast([evil[5]])[1:]])  # topic frame swapped
         expected = {"bad_signature": 5, "replay": 3, "unknown_version": 1}

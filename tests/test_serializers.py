@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from zprokit.protocol import Header, Kind, Signer, pack, unpack
+from zprokit.protocol import Kind, Signer, pack, unpack
 from zprokit.serializers import JsonSerializer, PickleSerializer, get_serializer
 
 pytestmark = pytest.mark.timeout(10)
@@ -78,7 +78,7 @@ def test_signed_payload_survives_the_protocol():
     np = pytest.importorskip("numpy", reason="numpy is needed for the out-of-band array test")
     signer = Signer(b"key")
     arr = np.arange(1000, dtype=np.uint16)
-    msg = unpack(signer, wire(pack(signer, Header(Kind.REQUEST), PICKLE.dumps(arr))))
+    msg = unpack(signer, wire(pack(signer, Kind.REQUEST, payload=PICKLE.dumps(arr))))
     assert np.array_equal(PICKLE.loads(msg.payload), arr)
 
 

@@ -7,7 +7,7 @@ for the objects behind the module-level functions.
 
 from __future__ import annotations
 
-from ._futures import ReplyFuture
+from ._requests import ReplyFuture
 from .api import (
     broadcast,
     create_window,

@@ -18,13 +18,13 @@ import sys
 import threading
 from typing import Any, Callable, cast
 
-from .spawn import ENV_PARENT_PID, ENV_TARGET_FD
+from . import _env
 
 log = logging.getLogger("zprokit.child")
 
 
 def _read_target() -> Callable[..., Any]:
-    fd = int(os.environ.pop(ENV_TARGET_FD))
+    fd = int(os.environ.pop(_env.TARGET_FD))
     with os.fdopen(fd, "rb") as pipe:
         blob = pipe.read()
     kind, data = blob[:1], blob[1:]
@@ -48,19 +48,20 @@ def _exit_when_orphaned(parent: int, closed: threading.Event) -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING"), format="%(name)s: %(message)s")
+    logging.basicConfig(level=os.environ.get(_env.LOG_LEVEL, "WARNING"), format="%(name)s: %(message)s")
     from .api import init_expose_in_main_world
 
     def on_term(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    exit_with_main = os.environ.get("ZPROKIT_EXIT_WITH_MAIN", "1") == "1"
+    spec = _env.ChildSpec.from_environ(os.environ)
+    exit_with_main = spec.exit_with_main
     finished = threading.Event()
     if exit_with_main:
         # Watched from the start, against the pid our creator gave us: a main that dies
         # while we are still connecting must not leave us behind either.
-        parent = int(os.environ.get(ENV_PARENT_PID, os.getppid()))
+        parent = spec.parent_pid or os.getppid()
         threading.Thread(target=_exit_when_orphaned, args=(parent, finished), name="zprokit-orphan-watch", daemon=True).start()
     window = None
     try:
@@ -68,10 +69,10 @@ def main() -> int:
         # The process's default window, so the module-level functions (zprokit.render_msg_to_main, ...)
         # work in the target as they do after init_expose_in_main_world.
         window = init_expose_in_main_world(
-            serializer=os.environ.get("ZPROKIT_SERIALIZER") or None,
+            serializer=spec.serializer or None,
             exit_with_main=exit_with_main,
-            heartbeat=float(os.environ.get("ZPROKIT_HEARTBEAT", "1.0")),
-            liveness=int(os.environ.get("ZPROKIT_LIVENESS", "3")),
+            heartbeat=spec.heartbeat,
+            liveness=spec.liveness,
             # The main's wait_for_window returns once the target's callbacks are in place: when
             # it waits in wait_closed(), calls window.ready(), or returns.
             ready=False,
@@ -81,7 +82,7 @@ def main() -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except BaseException:
-        log.exception("window %r: target raised", os.environ.get("ZPROKIT_NAME"))
+        log.exception("window %r: target raised", spec.name)
         return 1
     finally:
         finished.set()

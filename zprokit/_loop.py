@@ -1,4 +1,4 @@
-"""The one I/O thread that reads a node's sockets.
+"""A node's I/O thread: it polls the sockets, runs calls handed to it, and fires timers.
 
 The loop thread receives, with two exceptions below. Other threads hand
 work over with ``call_soon`` (a deque plus an eventfd wake-up, polled
@@ -30,6 +30,8 @@ import weakref
 from typing import Any, Callable, cast
 
 import zmq
+
+from .errors import Closed
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +150,13 @@ class SharedSocket:
     def send_locked(self, frames: list[Any], check: bool = True) -> None:
         """Send now, from any thread holding ``lock`` (so it numbers and sends in one step).
 
-        Raises ``zmq.ZMQError`` (``EAGAIN``, ``EHOSTUNREACH`` ...). ``check=False``
+        Raises ``Closed`` once the socket is closed, and ``zmq.ZMQError`` (``EAGAIN``,
+        ``EHOSTUNREACH`` ...) for the owner to map. ``check=False``
         skips the look at ``ZMQ_EVENTS``: for a run of sends, the caller calls
         ``check_input_locked()`` after the last.
         """
         if self.closed:
-            raise zmq.ZMQError(zmq.ENOTSOCK, "socket closed")
+            raise Closed("the socket is closed")
         socket = self.socket
         try:
             last = len(frames) - 1

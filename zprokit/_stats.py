@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-__all__ = ["MainStats", "WindowStats"]
+__all__ = ["MainStats", "WindowStats", "MAIN_COUNTERS", "WINDOW_COUNTERS"]
+
+# Counters each stats() reports even before the first count (the rest appear when they happen).
+MAIN_COUNTERS = ("messages_in", "messages_out", "requests_served", "messages_routed", "unhandled", "disconnects",
+                 "dropped_hwm", "broadcasts", "broadcasts_refused", "refused_busy", "cancelled_before_start",
+                 "late_answers")
+WINDOW_COUNTERS = ("messages_in", "messages_out", "unhandled", "late_replies", "broadcast_link_lost",
+                   "broadcasts_missed", "callback_errors", "cancelled_before_start")
 
 
 class _MainStatsAlways(TypedDict):

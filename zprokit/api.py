@@ -12,7 +12,7 @@ import threading
 from typing import Any, Callable, overload
 
 from ._callbacks import DEFAULT_CHANNEL, F
-from ._futures import ReplyFuture
+from ._requests import ReplyFuture
 from .errors import ZprokitError
 from .events import WindowInfo
 from .main import Main

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import zmq
 
-from . import __version__, bench  # the package holds only the options: the measurements load when run
+from . import __version__, _env, bench  # the package holds only the options: the measurements load when run
 from .api import init_expose_in_main_world
 from .errors import ZprokitError
 from .main import Main
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     client = argparse.ArgumentParser(add_help=False, allow_abbrev=False, parents=[keyed])
     client.add_argument("--curve-server-key", metavar="FILE", help="CURVE: the main's public key (its FILE.pub)")
     client.add_argument(
-        "--connect", metavar="ENDPOINT", default=os.environ.get("ZPROKIT_ENDPOINT"),
+        "--connect", metavar="ENDPOINT", default=os.environ.get(_env.ENDPOINT),
         help="the main's endpoint, e.g. tcp://10.0.0.5:5555 (default: $ZPROKIT_ENDPOINT)",
     )
     client.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="how long to wait for the main's answers (default: 10)")
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "a main and two windows on this machine, every API call once, with a transcript")
 
     p = add("main", cmd_main, "run a main until SIGINT or SIGTERM", [keyed, live])
-    p.add_argument("--bind", metavar="ENDPOINT", default=os.environ.get("ZPROKIT_ENDPOINT", "tcp://127.0.0.1:0"),
+    p.add_argument("--bind", metavar="ENDPOINT", default=os.environ.get(_env.ENDPOINT, "tcp://127.0.0.1:0"),
                    help="where to bind the ROUTER (default: $ZPROKIT_ENDPOINT or tcp://127.0.0.1:0, a free port)")
     p.add_argument("--pub-bind", metavar="ENDPOINT", help="where to bind the broadcast socket (default: same host, a free port)")
     p.add_argument("--curve-allow", metavar="FILE",
@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", metavar="APP", help="module:function called with the Main to register its handlers")
 
     p = add("window", cmd_window, "run a window: connect, call TARGET with it, exit when it returns", [client, live])
-    name = os.environ.get("ZPROKIT_NAME")
+    name = os.environ.get(_env.NAME)
     p.add_argument("--name", default=name, required=not name, help="the window's name (default: $ZPROKIT_NAME)")
     p.add_argument("--exit-with-main", action=argparse.BooleanOptionalAction, default=True,
                    help="close the window when the main says goodbye (default); --no-exit-with-main keeps reconnecting")
@@ -442,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None)
     if level:
-        os.environ["ZPROKIT_LOG_LEVEL"] = level  # for the window processes that create_window starts
-    level = level or os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING").upper()
+        os.environ[_env.LOG_LEVEL] = level  # for the window processes that create_window starts
+    level = level or os.environ.get(_env.LOG_LEVEL, "WARNING").upper()
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return cast(int, args.func(args))

@@ -7,7 +7,7 @@ A message on the wire is one *head* frame, then any further payload frames::
     payload ...    further payload frames: out-of-band buffers, large pickles
 
 ``VERSION`` (16 bytes, ``b"ZPK4/blake3keyed"``) names the protocol and its
-MAC. The header is a fixed struct plus three short strings (``Header``). A
+MAC. The header is a fixed struct plus three short strings. A
 small first payload part (the pickle of a small object) rides inside the
 head, so a small request or reply is a single frame, as a raw pyzmq echo is:
 on this kind of machine every frame costs several ZeroMQ calls, each with a
@@ -25,8 +25,11 @@ before anything is deserialized.
 Replay protection: every node has a random 16-byte session id and a counter
 per outgoing stream; a message names its sender's session, its sequence
 number and its receiver's session (so nothing recorded before a restart is
-valid after it). ``ReplayGuard`` records the highest sequence seen per peer
-and stream, only for messages whose signature verified.
+valid after it). The rules that use those fields (``ReplayGuard``, who may
+send what) are the session's: ``zprokit.session``.
+
+``pack`` and ``unpack`` are the only way in and out: every message kind, on
+every socket, takes the same path, and every check is made in one place.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ import hmac
 import json
 import os
 import struct
-from collections import OrderedDict
+import unicodedata
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, overload
 
 import blake3
 
@@ -47,16 +50,17 @@ from .errors import ProtocolError
 __all__ = [
     "VERSION",
     "Kind",
-    "Header",
     "Message",
     "Rejected",
     "Signer",
-    "ReplayGuard",
     "pack",
-    "fits_one",
-    "pack_one",
     "unpack",
-    "unpack_one",
+    "routing_id",
+    "normalize_name",
+    "check_window_name",
+    "MAX_NAME_BYTES",
+    "split_routing_id",
+    "control_topic",
     "encode_body",
     "decode_body",
     "NO_SESSION",
@@ -94,6 +98,7 @@ INLINE_MAX = 64 * 1024  # a first payload part up to this size rides in the head
 FLAG_INLINE = 0x80  # header flag: the first payload part is inside the head
 
 _FIXED = struct.Struct("<BBQQ16s16sHHHI")
+_MIN_HEAD = 16 + _FIXED.size + 32  # VERSION, the fixed header, the MAC
 _LEN = struct.Struct("<Q")
 _MAX_STR = 0xFFFF
 _KINDS: dict[int, "Kind"] = {}
@@ -135,7 +140,10 @@ class Rejected(ProtocolError):
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs microseconds per message to build
-class Header:
+class Message:
+    """A verified message, as ``unpack`` returns it: the header's fields and the
+    (still serialized) payload parts; ``topic`` is the PUB topic frame, for broadcasts."""
+
     kind: Kind
     msg_id: int = 0
     seq: int = 0
@@ -144,60 +152,65 @@ class Header:
     source: str = ""
     target: str = ""
     channel: str = ""
-    flags: int = 0  # FLAG_INLINE (0x80) is the framing's own: set and cleared by pack and unpack
-
-    def encode(self, inline: int = -1) -> bytes:
-        """The header's bytes; ``inline``: the size of the payload part that follows it in the head, if any."""
-        source = self.source.encode()
-        target = self.target.encode()
-        channel = self.channel.encode()
-        if len(source) > _MAX_STR or len(target) > _MAX_STR or len(channel) > _MAX_STR:
-            raise ValueError("name, target or channel longer than 65535 bytes")
-        if len(self.session) != SESSION_SIZE or len(self.peer_session) != SESSION_SIZE:
-            raise ValueError(f"sessions are {SESSION_SIZE} bytes")
-        flags = self.flags | FLAG_INLINE if inline >= 0 else self.flags & ~FLAG_INLINE
-        fixed = _FIXED.pack(self.kind, flags, self.msg_id, self.seq, self.session, self.peer_session,
-                            len(source), len(target), len(channel), max(inline, 0))
-        return b"".join((fixed, source, target, channel))
-
-    @classmethod
-    def decode(cls, data: bytes | memoryview) -> "Header":
-        """A header on its own (no inline payload after it)."""
-        header, end, inline = _decode_header(data, 0)
-        if end + max(inline, 0) != len(data):
-            raise Rejected("malformed", "header length mismatch")
-        return header
-
-
-def _decode_header(data: bytes | memoryview, pos: int) -> tuple[Header, int, int]:
-    """The header at ``data[pos:]``, where it ends, and the length of the inline part after it (-1: none)."""
-    if len(data) - pos < _FIXED.size:
-        raise Rejected("malformed", "header too short")
-    kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline = _FIXED.unpack_from(data, pos)
-    pos += _FIXED.size
-    end = pos + ls + lt + lc
-    if end + inline > len(data) or (inline and not flags & FLAG_INLINE):
-        raise Rejected("malformed", "header length mismatch")
-    try:
-        source = str(data[pos : pos + ls], "utf-8") if ls else ""
-        pos += ls
-        target = str(data[pos : pos + lt], "utf-8") if lt else ""
-        pos += lt
-        channel = str(data[pos:end], "utf-8") if lc else ""
-        kind = _KINDS[kind]
-    except (KeyError, UnicodeDecodeError) as e:
-        raise Rejected("malformed", f"bad header: {e!r}") from e
-    header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags & ~FLAG_INLINE)
-    return header, end, inline if flags & FLAG_INLINE else -1
-
-
-@dataclass(slots=True)  # not frozen, for the same reason as Header
-class Message:
-    """A verified message: its header and its (still serialized) payload frames."""
-
-    header: Header
     payload: tuple[Any, ...] = ()
-    topic: bytes | None = None  # the PUB topic frame, for broadcasts
+    topic: bytes | None = None
+
+
+# A window's routing id is b"name\0" + a 32-character nonce (routing_id), and ZeroMQ allows 255 bytes.
+MAX_NAME_BYTES = 255 - 1 - 32
+
+
+@overload
+def normalize_name(name: str) -> str: ...
+
+
+@overload
+def normalize_name(name: Any) -> Any: ...
+
+
+def normalize_name(name: Any) -> Any:
+    """``name`` in Unicode normal form NFC, so "café" typed either way is one window; a non-str as it is."""
+    if isinstance(name, str) and not name.isascii():
+        return unicodedata.normalize("NFC", name)
+    return name
+
+
+def check_window_name(name: Any) -> str | None:
+    """Why ``name`` cannot be a window's name, or None if it can."""
+    if not isinstance(name, str) or not name:
+        return "a window name must be a non-empty string"
+    if "\0" in name:
+        return "a window name cannot contain NUL"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "a window name must be valid Unicode (no lone surrogates)"
+    if size > MAX_NAME_BYTES:
+        return f"a window name is at most {MAX_NAME_BYTES} bytes of UTF-8 (this one is {size})"
+    return None
+
+
+def routing_id(name: str, nonce: str) -> bytes:
+    """A window's DEALER routing id, ``name NUL nonce``: the nonce (from WELCOME) keeps anyone
+    who can merely connect from claiming the window's route (``ROUTER_HANDOVER`` gives a
+    routing id to whoever claims it last)."""
+    return f"{name}\0{nonce}".encode()
+
+
+def split_routing_id(ident: bytes) -> tuple[str, str]:
+    """``(name, nonce)`` of a routing id; raises ``Rejected`` if the name is not UTF-8. (A nonce
+    that is not is only ever compared, and never equals one the main gave.)"""
+    name, _, nonce = ident.partition(b"\0")
+    try:
+        return name.decode(), nonce.decode(errors="replace")
+    except UnicodeDecodeError:
+        raise Rejected("malformed", "routing id is not UTF-8") from None
+
+
+def control_topic(name: str, nonce: str) -> bytes:
+    """The PUB topic a joining window subscribes to last: when the main sees it, the window's
+    other subscriptions are in force too."""
+    return CONTROL_PREFIX + routing_id(name, nonce)
 
 
 # Large frames are hashed on every core (BLAKE3 over Rayon's global thread pool), small ones
@@ -255,17 +268,24 @@ class Signer:
         if not key:
             raise ValueError("an empty key signs nothing; give at least one byte")
         mac_key = blake3.blake3(key, derive_key_context=_MAC_KEY_CONTEXT).digest()
-        self._base = blake3.blake3(key=mac_key, max_threads=1)  # pack_one and unpack_one copy this one
+        self._base = blake3.blake3(key=mac_key, max_threads=1)
         self._threaded = blake3.blake3(key=mac_key, max_threads=blake3.blake3.AUTO)
 
-    def sign(self, frames: Sequence[Any]) -> bytes:
+    def sign(self, head: Any, rest: Sequence[Any] = (), topic: bytes | None = None) -> bytes:
+        """The MAC of a message: its ``topic`` frame (broadcasts), the ``head`` frame without
+        its MAC, then the ``rest`` of its frames, each prefixed with its length."""
         mac = self._base.copy()
-        for frame in frames:
+        if topic is not None:  # signed first, where it sits on the wire
+            mac.update(_LEN.pack(len(topic)))
+            mac.update(topic)
+        mac.update(_LEN.pack(len(head) if type(head) is bytes else memoryview(head).nbytes))
+        mac.update(head)
+        for frame in rest:
             size = memoryview(frame).nbytes
             if size >= _THREADED_MIN and _rayon_usable:
                 # Start over on every core. What was hashed so far is wasted, but it is
                 # little: a large frame comes right after the head (at most ~64 KiB).
-                return self._sign_threaded(frames)
+                return self._sign_threaded([*([topic] if topic is not None else []), head, *rest])
             mac.update(_LEN.pack(size))
             mac.update(frame)
         return mac.digest()
@@ -279,154 +299,74 @@ class Signer:
             mac.update(frame)
         return mac.digest()
 
-    def verify(self, frames: Sequence[Any], signature: bytes | memoryview) -> bool:
-        return hmac.compare_digest(self.sign(frames), signature)
 
-
-def pack(signer: Signer, header: Header, payload: Sequence[Any] = (), topic: bytes | None = None) -> list[Any]:
-    """Frames for ``header`` and ``payload``, signed; ``topic`` only for broadcasts.
-
-    A first payload part of at most ``INLINE_MAX`` bytes is copied into the
-    head frame; larger ones, and the rest, go as their own frames, uncopied.
-    """
-    if topic is None and fits_one(payload):
-        h = header
-        return pack_one(signer, h.kind, h.msg_id, h.seq, h.session, h.peer_session, h.source, h.target,
-                        h.channel, payload[0], h.flags)
-    rest = list(payload)
-    if rest and memoryview(rest[0]).nbytes <= INLINE_MAX:
-        first = rest.pop(0)
-        body = VERSION + header.encode(memoryview(first).nbytes) + first
-    else:
-        body = VERSION + header.encode()
-    signed: list[Any] = [body, *rest]
-    if topic is not None:
-        signed.insert(0, topic)  # first, as on the wire: a topic cannot pass for a payload frame
-    frames: list[Any] = [body + signer.sign(signed), *rest]
-    if topic is not None:
-        frames.insert(0, topic)
-    return frames
-
-
-def fits_one(payload: Sequence[Any]) -> bool:
-    """True when ``payload`` is one part small enough to ride in the head: ``pack_one`` can pack it."""
-    if len(payload) != 1:
-        return False
-    first = payload[0]
-    return (len(first) if type(first) is bytes else memoryview(first).nbytes) <= INLINE_MAX
-
-
-def pack_one(
+def pack(
     signer: Signer,
     kind: int,
-    msg_id: int,
-    seq: int,
-    session: bytes,
-    peer_session: bytes,
-    source: str,
-    target: str,
-    channel: str,
-    data: Any,
-    flags: int = 0,
-) -> list[bytes]:
-    """``pack`` for the common message, one payload part of at most ``INLINE_MAX`` bytes, in one frame.
+    msg_id: int = 0,
+    seq: int = 0,
+    session: bytes = NO_SESSION,
+    peer_session: bytes = NO_SESSION,
+    source: str = "",
+    target: str = "",
+    channel: str = "",
+    payload: Sequence[Any] = (),
+    topic: bytes | None = None,
+) -> list[Any]:
+    """The signed frames of a message; ``topic`` (the PUB topic frame) only for broadcasts.
 
-    The same bytes as ``pack(signer, Header(...), [data])``, built without
-    the ``Header`` object: this runs for every request and reply.
+    A first payload part of at most ``INLINE_MAX`` bytes is copied into the
+    head frame, so a small request or reply is one frame; larger parts, and
+    the rest, go as their own frames, uncopied.
     """
     src, tgt, chan = source.encode(), target.encode(), channel.encode()
     if len(src) > _MAX_STR or len(tgt) > _MAX_STR or len(chan) > _MAX_STR:
         raise ValueError("name, target or channel longer than 65535 bytes")
     if len(session) != SESSION_SIZE or len(peer_session) != SESSION_SIZE:
         raise ValueError(f"sessions are {SESSION_SIZE} bytes")
-    fixed = _FIXED.pack(kind, flags | FLAG_INLINE, msg_id, seq, session, peer_session, len(src), len(tgt), len(chan),
-                        len(data) if type(data) is bytes else memoryview(data).nbytes)
-    body = b"".join((VERSION, fixed, src, tgt, chan, data))
-    mac = signer._base.copy()
-    mac.update(_LEN.pack(len(body)))
-    mac.update(body)
-    return [body + mac.digest()]
+    rest: Sequence[Any] = payload
+    first: Any = b""
+    flags = inline = 0
+    if payload:
+        first = payload[0]
+        inline = len(first) if type(first) is bytes else memoryview(first).nbytes
+        if inline <= INLINE_MAX:
+            flags, rest = FLAG_INLINE, payload[1:]
+        else:
+            first, inline = b"", 0
+    fixed = _FIXED.pack(kind, flags, msg_id, seq, session, peer_session, len(src), len(tgt), len(chan), inline)
+    body = b"".join((VERSION, fixed, src, tgt, chan, first))
+    head = body + signer.sign(body, rest, topic)
+    if topic is not None:
+        return [topic, head, *rest]
+    return [head, *rest] if rest else [head]
 
 
-def unpack(
-    signer: Signer,
-    frames: Sequence[Any],
-    *,
-    max_size: int | None = None,
-    with_topic: bool = False,
-) -> Message:
-    """Verify and split ``frames`` (routing id already removed).
+def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None, topic: bytes | None = None) -> Message:
+    """Verify and split a message's ``frames`` (the routing id and, on the PUB, the ``topic``
+    frame already taken off; the topic is passed, as it is signed).
 
     Raises ``Rejected`` with reason ``malformed``, ``unknown_version``,
     ``oversized`` or ``bad_signature``. Nothing is decoded before the MAC
     checks out, and nothing is deserialized here at all.
     """
-    topic = None
-    if with_topic:
-        if not frames:
-            raise Rejected("malformed", "no topic frame")
-        topic = bytes(frames[0])
-        frames = frames[1:]
     if not frames:
         raise Rejected("malformed", "no frames")
-    if len(frames) == 1:  # the common case, one frame (after the topic)
-        kind, msg_id, seq, session, peer, source, target, channel, part, flags = unpack_one(
-            signer, frames[0], max_size, topic)
-        header = Header(kind, msg_id, seq, session, peer, source, target, channel, flags)
-        return Message(header, () if part is None else (part,), topic)
     head = memoryview(frames[0])
-    if head[: len(VERSION)] != VERSION:
-        raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
-    if head.nbytes < len(VERSION) + _FIXED.size + MAC_SIZE:
-        raise Rejected("malformed", "head frame too short")
-    body = head[:-MAC_SIZE]
-    if max_size is not None and sum(memoryview(f).nbytes for f in frames) + len(topic or b"") > max_size:
-        raise Rejected("oversized")
-    signed: list[Any] = [body, *frames[1:]]
-    if topic is not None:
-        signed.insert(0, topic)
-    if not signer.verify(signed, head[-MAC_SIZE:]):
-        raise Rejected("bad_signature")
-    header, end, inline = _decode_header(body, len(VERSION))
-    if inline >= 0:
-        if end + inline != len(body):
-            raise Rejected("malformed", "inline payload length mismatch")
-        payload = (body[end:], *frames[1:])
-    else:
-        if end != len(body):
-            raise Rejected("malformed", "header length mismatch")
-        payload = tuple(frames[1:])
-    if topic is not None and not _topic_matches(topic, header.kind, header.channel):
-        raise Rejected("malformed", "topic frame does not match the signed topic")
-    return Message(header, payload, topic)
-
-
-def unpack_one(
-    signer: Signer, frame: Any, max_size: int | None = None, topic: bytes | None = None
-) -> tuple[Kind, int, int, bytes, bytes, str, str, str, memoryview | None, int]:
-    """``unpack`` for a message of one frame (after its ``topic`` frame, for a broadcast),
-    without building objects: this runs for every request, reply and broadcast.
-
-    Returns ``(kind, msg_id, seq, session, peer_session, source, target,
-    channel, payload, flags)``, ``payload`` the inline part or None. Raises
-    ``Rejected`` as ``unpack`` does, and decodes nothing before the MAC checks out.
-    """
-    head = memoryview(frame)
     size = head.nbytes
     if head[: len(VERSION)] != VERSION:
         raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
-    if size < len(VERSION) + _FIXED.size + MAC_SIZE:
+    if size < _MIN_HEAD:
         raise Rejected("malformed", "head frame too short")
-    if max_size is not None and size + len(topic or b"") > max_size:
-        raise Rejected("oversized")
+    rest = frames[1:]
+    if max_size is not None:
+        total = size + (len(topic) if topic is not None else 0)
+        for frame in rest:
+            total += memoryview(frame).nbytes
+        if total > max_size:
+            raise Rejected("oversized")
     body = head[:-MAC_SIZE]
-    mac = signer._base.copy()
-    if topic is not None:  # signed first, where it sits on the wire
-        mac.update(_LEN.pack(len(topic)))
-        mac.update(topic)
-    mac.update(_LEN.pack(size - MAC_SIZE))
-    mac.update(body)
-    if not hmac.compare_digest(mac.digest(), head[-MAC_SIZE:]):
+    if not hmac.compare_digest(signer.sign(body, rest, topic), head[-MAC_SIZE:]):
         raise Rejected("bad_signature")
     kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline = _FIXED.unpack_from(body, len(VERSION))
     pos = len(VERSION) + _FIXED.size
@@ -446,8 +386,11 @@ def unpack_one(
         raise Rejected("malformed", f"bad header: {e!r}") from e
     if topic is not None and not _topic_matches(topic, kind, channel):
         raise Rejected("malformed", "topic frame does not match the signed topic")
-    part = body[end:] if flags & FLAG_INLINE else None
-    return kind, msg_id, seq, session, peer, source, target, channel, part, flags & ~FLAG_INLINE
+    if flags & FLAG_INLINE:
+        payload = (body[end:], *rest) if rest else (body[end:],)
+    else:
+        payload = tuple(rest)
+    return Message(kind, msg_id, seq, session, peer, source, target, channel, payload, topic)
 
 
 def _topic_matches(topic: bytes, kind: int, channel: str) -> bool:
@@ -489,79 +432,6 @@ def decode_body(payload: Sequence[Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Rejected("malformed", "control body is not an object")
     return body
-
-
-class ReplayGuard:
-    """Per peer and stream: the live session and the highest sequence number seen.
-
-    ``accept`` must only be called for messages whose signature verified. A
-    peer's session changes only when it re-registers (``new_session``); a
-    session once replaced is remembered as retired and never accepted again,
-    so a recorded message of an earlier incarnation cannot be replayed.
-    Memory is bounded: at most ``max_retired`` retired sessions (and as many
-    handshake sessions, see ``first_hello``) are kept.
-    """
-
-    def __init__(self, max_retired: int = 4096) -> None:
-        self._live: dict[tuple[str, int], tuple[bytes, int]] = {}
-        self._retired: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._hellos: OrderedDict[bytes, None] = OrderedDict()
-        self._max_retired = max_retired
-
-    def first_hello(self, session: bytes) -> bool:
-        """True the first time a handshake from ``session`` is seen; False for a replayed HELLO.
-
-        Every handshake starts a new session, so a HELLO is never legitimately
-        sent twice. The last ``max_retired`` sessions are remembered.
-        """
-        if session in self._hellos:
-            return False
-        self._hellos[session] = None
-        if len(self._hellos) > self._max_retired:
-            self._hellos.popitem(last=False)
-        return True
-
-    def is_retired(self, peer: str, session: bytes) -> bool:
-        return (peer, session) in self._retired
-
-    def new_session(self, peer: str, session: bytes, seq: int, stream: int = 0) -> bool:
-        """Start tracking a new incarnation of ``peer``; False if it was retired."""
-        if (peer, session) in self._retired:
-            return False
-        for key in [k for k in self._live if k[0] == peer]:
-            old_session, _ = self._live[key]
-            if old_session != session:
-                del self._live[key]
-                self._retire(peer, old_session)
-        last = self._live.get((peer, stream))
-        self._live[(peer, stream)] = (session, seq if last is None else max(seq, last[1]))
-        return True
-
-    def accept(self, peer: str, session: bytes, seq: int, stream: int = 0) -> bool:
-        """True (and recorded) if ``seq`` is new for the peer's live session."""
-        live = self._live.get((peer, stream))
-        if live is None:
-            other = next((s for (p, _), (s, _) in self._live.items() if p == peer), None)
-            if other != session:
-                return False
-            self._live[(peer, stream)] = (session, seq)
-            return True
-        live_session, last = live
-        if session != live_session or seq <= last:
-            return False
-        self._live[(peer, stream)] = (session, seq)
-        return True
-
-    def forget(self, peer: str) -> None:
-        """The peer left: retire its session so its messages cannot come back."""
-        for key in [k for k in self._live if k[0] == peer]:
-            session, _ = self._live.pop(key)
-            self._retire(peer, session)
-
-    def _retire(self, peer: str, session: bytes) -> None:
-        self._retired[(peer, session)] = None
-        while len(self._retired) > self._max_retired:
-            self._retired.popitem(last=False)
 
 
 def error_body(exc: BaseException, origin: str, traceback_text: str = "", *, from_handler: bool = False) -> dict[str, Any]:

@@ -29,13 +29,15 @@ import os
 import secrets
 import socket
 import stat
-import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, cast, overload
+from typing import Any, Callable, Mapping, cast
 
 import zmq
 from zmq.auth.base import Authenticator
 from zmq.utils import z85
+
+from . import _env
+from .protocol import check_window_name
 
 
 __all__ = [
@@ -57,13 +59,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENV_KEY = "ZPROKIT_KEY"
-ENV_KEY_FILE = "ZPROKIT_KEY_FILE"
-# create_window hands a binary key to its child hex-encoded, so any bytes survive the environment.
-ENV_KEY_HEX = "ZPROKIT_KEY_HEX"
-# A window's CURVE secret key and the main's public key, z85 (create_window sets them under CURVE).
-ENV_CURVE_SECRET = "ZPROKIT_CURVE_SECRET_KEY"
-ENV_CURVE_SERVER = "ZPROKIT_CURVE_SERVER_KEY"
+# The environment's names for keys (all of zprokit's variables are in zprokit._env).
+ENV_KEY = _env.KEY
+ENV_KEY_FILE = _env.KEY_FILE
+ENV_KEY_HEX = _env.KEY_HEX  # create_window's: hex, so any bytes survive the environment
+ENV_CURVE_SECRET = _env.CURVE_SECRET
+ENV_CURVE_SERVER = _env.CURVE_SERVER
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # Without CURVE, the main's PUB port is a PLAIN server in this ZAP domain: only a window that
@@ -253,40 +254,6 @@ def _public_of(secret: bytes, public: bytes | str | None, what: str) -> bytes:
     if public is not None and curve_key(public, f"{what} public key") != derived:
         raise ValueError(f"{what} public key does not belong to its secret key")
     return derived
-
-
-# A window's routing id is b"name\0" + a 32-character nonce, and ZeroMQ allows 255 bytes.
-MAX_NAME_BYTES = 255 - 1 - 32
-
-
-@overload
-def normalize_name(name: str) -> str: ...
-
-
-@overload
-def normalize_name(name: Any) -> Any: ...
-
-
-def normalize_name(name: Any) -> Any:
-    """``name`` in Unicode normal form NFC, so "café" typed either way is one window; a non-str as it is."""
-    if isinstance(name, str) and not name.isascii():
-        return unicodedata.normalize("NFC", name)
-    return name
-
-
-def check_window_name(name: Any) -> str | None:
-    """Why ``name`` cannot be a window's name, or None if it can."""
-    if not isinstance(name, str) or not name:
-        return "a window name must be a non-empty string"
-    if "\0" in name:
-        return "a window name cannot contain NUL"
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError:
-        return "a window name must be valid Unicode (no lone surrogates)"
-    if size > MAX_NAME_BYTES:
-        return f"a window name is at most {MAX_NAME_BYTES} bytes of UTF-8 (this one is {size})"
-    return None
 
 
 @dataclass(frozen=True)

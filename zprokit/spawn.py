@@ -8,27 +8,21 @@ pipe: a cloudpickled callable, or a ``"module:function"`` string.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import cloudpickle  # type: ignore[import-untyped]
-import zmq
 
-from .security import ENV_CURVE_SECRET, ENV_CURVE_SERVER, ENV_KEY, ENV_KEY_FILE, ENV_KEY_HEX
-
-if TYPE_CHECKING:
-    from .main import Main
+from . import _env
 
 log = logging.getLogger(__name__)
 
 __all__ = ["WindowProcess", "create_window"]
-
-ENV_TARGET_FD = "ZPROKIT_TARGET_FD"
-ENV_PARENT_PID = "ZPROKIT_PARENT_PID"
 
 
 class WindowProcess:
@@ -84,8 +78,7 @@ class WindowProcess:
 
 
 def create_window(
-    main: "Main",
-    name: str,
+    spec: _env.ChildSpec,
     target: Callable[..., Any] | str,
     *,
     env: Mapping[str, str] | None = None,
@@ -95,7 +88,7 @@ def create_window(
     stdout: Any = None,
     stderr: Any = None,
 ) -> WindowProcess:
-    """Start a window process called ``name`` that runs ``target(window)``.
+    """Start a window process as ``spec`` says (its name, its main, the key) that runs ``target(window)``.
 
     ``target`` is a callable (cloudpickled, so a lambda or closure works) or
     ``"module:function"``. The child connects to ``main`` with its key and
@@ -114,32 +107,16 @@ def create_window(
     else:
         raise TypeError(f"target must be a callable or 'module:function', not {type(target).__name__}")
 
-    child_env = dict(os.environ)
-    child_env.update(env or {})
-    for inherited in (ENV_KEY, ENV_KEY_FILE, ENV_CURVE_SECRET, ENV_CURVE_SERVER):
-        child_env.pop(inherited, None)
-    if main.curve_public_key is not None:
-        # Under CURVE the child gets a keypair of its own, on the allow-list under its name only.
-        public, secret = zmq.curve_keypair()
-        main._allow_curve_key(name, public)
-        child_env.update({ENV_CURVE_SECRET: secret.decode(), ENV_CURVE_SERVER: main.curve_public_key.decode()})
-    child_env.update(
-        {
-            "ZPROKIT_NAME": name,
-            "ZPROKIT_ENDPOINT": _connectable(main.endpoint),
-            ENV_KEY_HEX: main.key.hex(),
-            "ZPROKIT_SERIALIZER": serializer or main.serializer.name,
-            "ZPROKIT_EXIT_WITH_MAIN": "1" if exit_with_main else "0",
-            "ZPROKIT_HEARTBEAT": repr(main.heartbeat),
-            "ZPROKIT_LIVENESS": str(main.liveness),
-            ENV_PARENT_PID: str(os.getpid()),
-        }
-    )
+    name = spec.name
+    base = dict(os.environ)
+    base.update(env or {})
+    spec = dataclasses.replace(spec, serializer=serializer or spec.serializer, exit_with_main=exit_with_main)
+    child_env = spec.environ(base)
     # The repository or install that imported us must be importable by the child too.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
     read_fd, write_fd = os.pipe()
-    child_env[ENV_TARGET_FD] = str(read_fd)
+    child_env[_env.TARGET_FD] = str(read_fd)
     try:
         popen = subprocess.Popen(
             [python or sys.executable, "-m", "zprokit._child"],
@@ -162,12 +139,3 @@ def create_window(
     log.info("created window process %r (pid %s)", name, popen.pid)
     return WindowProcess(name, popen)
 
-
-def _connectable(endpoint: str) -> str:
-    """A bound wildcard address is not one a child can connect to; use loopback."""
-    for wildcard in ("tcp://0.0.0.0:", "tcp://*:"):
-        if endpoint.startswith(wildcard):
-            return "tcp://127.0.0.1:" + endpoint[len(wildcard):]
-    if endpoint.startswith("tcp://[::]:"):
-        return "tcp://[::1]:" + endpoint[len("tcp://[::]:"):]
-    return endpoint

@@ -2,7 +2,8 @@
 
 Only the command's options live here, so ``zprokit`` (every command) imports
 no more of the benchmark than this; the measurements and the child programs
-(``_run``) are imported when they are used: by ``run_from_args``, by
+(``_run``, which imports ``_measure``, ``_children`` and ``_common``) are
+imported when they are used: by ``run_from_args``, by
 ``python -m zprokit.bench``, or by reading any of their names from this
 package (``bench.METRICS``, ``bench.BenchError`` ...). See ``_run`` for what
 each row measures.

@@ -22,7 +22,7 @@ What each row does (raw side | zprokit side):
   futures) outstanding;
 - the same two, for zprokit's wire format alone (a floor, not zprokit): a
   DEALER here and a ROUTER echo process, each message signed and pickled
-  with ``protocol.pack_one``/``unpack_one`` and checked, one thread per
+  with ``protocol.pack``/``unpack`` and checked, one thread per
   process: no futures, deadlines, replay guard, registry or I/O loop; what
   signing and pickling alone cost beside raw pyzmq;
 - window -> window: DEALER here -> a ROUTER forwarder process (routes by a
@@ -48,55 +48,45 @@ Timing of one-way flows: receivers report ``time.monotonic()`` (the
 system-wide ``CLOCK_MONOTONIC`` on Linux) when the last message arrives;
 the sender noted the same clock before its first timed send.
 
-Child processes are this module run as ``python -m zprokit.bench --serve
-KIND PARAMS``: they print one JSON object per line on stdout, take commands
-the same way on stdin, and exit when stdin closes, so none outlives the
-benchmark. The key reaches them through ``ZPROKIT_KEY``, never the command line.
+Child processes are the programs of ``_children``, run as ``python -m
+zprokit.bench --serve KIND PARAMS``: they print one JSON object per line on
+stdout, take commands the same way on stdin, and exit when stdin closes, so
+none outlives the benchmark. The key reaches them through ``ZPROKIT_KEY``,
+never the command line. The measuring side's tools (timing loops, raw
+clients, the handle on a child) are in ``_measure``; what both share, in
+``_common``.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import itertools
 import json
 import logging
-import math
 import os
-import pickle
 import platform
-import queue
 import secrets
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO, cast
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import zmq
 
-from .. import __version__, protocol
-from .._futures import ReplyFuture
+from .. import __version__, _env
+from .._requests import ReplyFuture
 from ..main import Main
 from ..window import Window
 from . import add_arguments
-
-log = logging.getLogger(__name__)
+from ._children import SERVERS
+from ._common import CHILD_TIMEOUT, INFLIGHT, LOCAL, SMALL, BenchError
+from ._measure import (_bandwidth, _brief, _Child, _numbered, _Outstanding, _pipelined, _raw_client, _raw_echo_array,
+                       _raw_echo_bytes, _raw_pipelined, _round_trips, _rss_kib, _split, _timed_flow, _Wire)
 
 __all__ = ["BenchError", "METRICS", "add_arguments", "run", "main"]
 
-LOCAL = "tcp://127.0.0.1:0"
 MiB = 1 << 20
-INFLIGHT = 64
-SMALL = 100  # bytes of payload in the small-message rows
-CHILD_TIMEOUT = 60.0  # seconds any one step of a child may take
-
-
-class BenchError(Exception):
-    """The benchmark could not measure something: a child failed, a message was lost, a timeout."""
 
 
 # --- what is measured ----------------------------------------------------------------------
@@ -294,8 +284,8 @@ class _Bench:
         self.progress = progress
         self.checks: dict[str, Any] = {}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
-        self.env["ZPROKIT_KEY"] = key
-        self.env["ZPROKIT_LOG_LEVEL"] = os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING")
+        self.env[_env.KEY] = key
+        self.env["ZPROKIT_LOG_LEVEL"] = os.environ.get(_env.LOG_LEVEL, "WARNING")
 
     def say(self, text: str) -> None:
         if self.progress is not None:
@@ -505,613 +495,6 @@ class _Bench:
         return {"memory_per_window_kib": max(after - before, 0) / n, "routing_rps": self.sizes.routed / routed["seconds"]}
 
 
-# --- helpers of the measuring side --------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _raw_client(endpoint: str) -> Iterator[zmq.Socket[Any]]:
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.linger = 0
-    dealer.rcvtimeo = int(CHILD_TIMEOUT * 1000)
-    dealer.sndtimeo = int(CHILD_TIMEOUT * 1000)
-    dealer.connect(endpoint)
-    try:
-        yield dealer
-    finally:
-        dealer.close(0)
-        ctx.term()
-
-
-def _round_trips(call: Callable[[bytes], Any], n: int) -> tuple[float, float]:
-    """p50 and p99 in µs of ``n`` sequential calls, after ``n // 10`` untimed ones."""
-    payload = bytes(SMALL)
-    for _ in range(max(n // 10, 20)):
-        call(payload)
-    times = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        t = clock()
-        call(payload)
-        times.append(clock() - t)
-    times.sort()
-    return times[len(times) // 2] / 1000, times[max(0, math.ceil(0.99 * len(times)) - 1)] / 1000
-
-
-def _raw_pipelined(dealer: zmq.Socket[Any], total: int, wire: "_Wire | None" = None) -> float:
-    """Requests per second with ``INFLIGHT`` outstanding; through ``wire`` (signed, pickled) if given."""
-    payload = bytes(SMALL)
-    for _ in range(2):  # the first run warms up
-        start = time.perf_counter()
-        sent = received = 0
-        while sent < min(INFLIGHT, total):
-            dealer.send(wire.request(payload) if wire else payload)
-            sent += 1
-        while received < total:
-            reply = dealer.recv()
-            if wire:
-                wire.answer(reply)
-            received += 1
-            if sent < total:
-                dealer.send(wire.request(payload) if wire else payload)
-                sent += 1
-        elapsed = time.perf_counter() - start
-    return total / elapsed
-
-
-class _Wire:
-    """zprokit's wire format alone, for the floor rows: sign, pickle, check; nothing else."""
-
-    def __init__(self, key: bytes) -> None:
-        self.signer = protocol.Signer(key)
-        self.session, self.peer = secrets.token_bytes(16), protocol.NO_SESSION
-        self.seq = 0
-
-    def request(self, obj: Any) -> bytes:
-        self.seq += 1
-        return protocol.pack_one(self.signer, protocol.Kind.REQUEST, self.seq, self.seq, self.session, self.peer,
-                                 "floor", "", "echo", pickle.dumps(obj, protocol=5))[0]
-
-    def answer(self, frame: bytes) -> Any:
-        kind, *_, part, _ = protocol.unpack_one(self.signer, frame)
-        if kind != protocol.Kind.REPLY or part is None:
-            raise BenchError(f"wire format floor: unexpected {kind!r}")
-        return pickle.loads(part)
-
-    def call(self, dealer: zmq.Socket[Any], obj: Any) -> Any:
-        dealer.send(self.request(obj))
-        return self.answer(dealer.recv())
-
-
-def _pipelined(request: Callable[[bytes], Any], total: int, payload: bytes) -> float:
-    for _ in range(2):  # the first run warms up
-        start = time.perf_counter()
-        outstanding = _Outstanding(INFLIGHT)
-        for _ in range(total):
-            outstanding.add(request(payload))
-        outstanding.drain()
-        elapsed = time.perf_counter() - start
-    return total / elapsed
-
-
-class _Outstanding:
-    """At most ``limit`` futures pending: adding one more waits on the oldest. Failures raise ``BenchError``."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._futures: collections.deque[Any] = collections.deque()
-
-    def add(self, future: Any) -> None:
-        self._futures.append(future)
-        if len(self._futures) >= self.limit:
-            self._settle(self._futures.popleft())
-
-    def drain(self) -> None:
-        while self._futures:
-            self._settle(self._futures.popleft())
-
-    @staticmethod
-    def _settle(future: Any) -> None:
-        try:
-            future.result(CHILD_TIMEOUT)
-        except Exception as e:
-            raise BenchError(f"a request failed: {type(e).__name__}: {e}") from None
-
-
-def _timed_flow(send: Callable[[int], None], warm: int, total: int, receivers: list["_Child"],
-                flush: Callable[[], None] = lambda: None) -> float:
-    """Send ``total`` numbered messages; seconds from the first after ``warm`` until every receiver has all."""
-    for seq in range(warm):
-        send(seq)
-    flush()
-    for r in receivers:
-        r.expect("warm")
-    start = time.monotonic()
-    for seq in range(warm, total):
-        send(seq)
-    flush()
-    ends: list[float] = []
-    for r in receivers:
-        try:
-            done = r.expect("done")
-        except BenchError as e:
-            got = r.ask("count", timeout=5.0)
-            raise BenchError(f"{r.kind} got {got['count']} of {total} messages "
-                             f"({got['out_of_order']} out of order): {e}") from None
-        if done["out_of_order"]:
-            raise BenchError(f"{r.kind}: {done['out_of_order']} messages out of order")
-        ends.append(done["t"])
-    return max(ends) - start
-
-
-def _numbered(seq: int) -> bytes:
-    return seq.to_bytes(8, "big") + bytes(SMALL - 8)
-
-
-def _raw_echo_bytes(dealer: zmq.Socket[Any]) -> Callable[[Any], Any]:
-    def echo(payload: bytes) -> Any:
-        dealer.send(payload, copy=False)
-        return dealer.recv(copy=False).buffer
-
-    return echo
-
-
-def _raw_echo_array(dealer: zmq.Socket[Any], np: Any) -> Callable[[Any], Any]:
-    def echo(array: Any) -> Any:
-        meta = json.dumps([array.dtype.str, array.shape]).encode()
-        dealer.send_multipart([meta, array], copy=False)
-        meta_frame, data = dealer.recv_multipart(copy=False)
-        dtype, shape = json.loads(meta_frame.bytes)
-        return np.frombuffer(data.buffer, dtype=dtype).reshape(shape)
-
-    return echo
-
-
-def _bandwidth(echo: Callable[[Any], Any], payload: Any, count: int) -> float:
-    """GB/s of ``count`` round trips of ``payload`` (both directions counted), after one untimed."""
-    size = payload.nbytes if hasattr(payload, "nbytes") else len(payload)
-    reply = echo(payload)
-    got = reply.nbytes if hasattr(reply, "nbytes") else len(reply)
-    if got != size:
-        raise BenchError(f"a {size}-byte payload came back as {got} bytes")
-    start = time.perf_counter()
-    for _ in range(count):
-        echo(payload)
-    return 2 * size * count / (time.perf_counter() - start) / 1e9
-
-
-def _split(n: int, parts: int) -> list[int]:
-    """``n`` as ``parts`` near-equal counts."""
-    return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
-
-
-def _rss_kib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1])
-    raise BenchError(f"no VmRSS for process {pid}")
-
-
-def _brief(stats: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in stats.items() if v and k != "rejected"}
-
-
-class _Child:
-    """A ``--serve KIND`` process: JSON lines out, JSON lines in, gone when its stdin closes."""
-
-    def __init__(self, kind: str, params: dict[str, Any], env: dict[str, str]) -> None:
-        self.kind = kind
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zprokit.bench", "--serve", kind, json.dumps(params)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1,
-        )
-        self.pid = self.proc.pid
-        self._lines: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read, name=f"bench-{kind}-{self.pid}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self._lines.put(json.loads(line))
-            except ValueError:
-                self._lines.put({"event": "error", "error": f"not JSON: {line.strip()[:200]}"})
-        self._lines.put(None)
-
-    def expect(self, event: str, timeout: float = CHILD_TIMEOUT) -> dict[str, Any]:
-        """The child's next line, which must be ``event``; ``BenchError`` otherwise, or after ``timeout`` s."""
-        try:
-            msg = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise BenchError(f"{self.kind}: no {event!r} within {timeout} s") from None
-        if msg is None:
-            self._lines.put(None)
-            raise BenchError(f"{self.kind} (pid {self.pid}) exited with status {self.proc.wait()} before {event!r}")
-        if msg.get("event") != event:
-            raise BenchError(f"{self.kind}: expected {event!r}, got {msg}")
-        return msg
-
-    def ask(self, op: str, timeout: float = CHILD_TIMEOUT, **params: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps({"op": op, **params}) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            raise BenchError(f"{self.kind} (pid {self.pid}) is gone") from None
-        return self.expect(op, timeout)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Close its stdin (its cue to exit), then kill it if it has not gone within ``timeout`` s. Idempotent."""
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("bench: %s (pid %s) did not exit; killing it", self.kind, self.pid)
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(5.0)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-# --- child processes ------------------------------------------------------------------------------
-
-_say_lock = threading.Lock()
-
-
-def _say(event: str, **fields: Any) -> None:
-    with _say_lock:
-        sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-        sys.stdout.flush()
-
-
-def _commands(ops: dict[str, Callable[..., dict[str, Any]]] | None = None) -> None:
-    """Answer commands from stdin until it closes (the parent is done, or gone)."""
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        op = cmd.pop("op")
-        try:
-            _say(op, **(ops or {})[op](**cmd))
-        except Exception as e:
-            _say("error", error=f"{op}: {type(e).__name__}: {e}")
-
-
-class _Counter:
-    """Counts numbered payloads; says ``warm`` and ``done`` with the time they arrived."""
-
-    def __init__(self, warm: int, total: int) -> None:
-        self.warm, self.total = warm, total
-        self.count = 0
-        self.out_of_order = 0
-        self._last = -1
-
-    def arrive(self, payload: Any) -> None:
-        seq = int.from_bytes(payload[:8], "big")
-        if seq != self._last + 1:
-            self.out_of_order += 1
-        self._last = seq
-        self.count += 1
-        if self.count == self.warm:
-            _say("warm", t=time.monotonic())
-        elif self.count == self.total:
-            _say("done", t=time.monotonic(), out_of_order=self.out_of_order)
-
-    def report(self) -> dict[str, Any]:
-        return {"count": self.count, "out_of_order": self.out_of_order}
-
-
-def _socket_loop(step: Callable[[], None]) -> Callable[[], None]:
-    """Run ``step`` (which raises ``zmq.Again`` on its receive timeout) on a thread; returns its stop."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                step()
-            except zmq.Again:
-                continue
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-
-    def stopper() -> None:
-        stop.set()
-        thread.join(5.0)
-
-    return stopper
-
-
-def _raw_socket(ctx: zmq.Context[Any], kind: int, bind: bool = False, endpoint: str = "tcp://127.0.0.1:*") -> zmq.Socket[Any]:
-    sock: zmq.Socket[Any] = ctx.socket(kind)
-    sock.linger = 0
-    sock.rcvtimeo = 100  # so its loop sees the stop flag
-    sock.sndtimeo = 5000  # a blocked send (a full peer) ends too
-    (sock.bind if bind else sock.connect)(endpoint)
-    return sock
-
-
-def _serve_echo(answer: Callable[[list[zmq.Frame]], list[Any]]) -> None:
-    """A ROUTER that sends ``answer(frames)`` back for every message: wait, then answer all that is waiting."""
-    ctx = zmq.Context()
-    router = _raw_socket(ctx, zmq.ROUTER, bind=True)
-
-    def step() -> None:
-        if not router.poll(100):
-            raise zmq.Again()
-        while True:
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            router.send_multipart(answer(frames), copy=False)
-
-    stop = _socket_loop(step)
-    _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
-    _commands()
-    stop()
-    router.close(0)
-    ctx.term()
-
-
-def serve_raw_echo() -> None:
-    """A ROUTER that sends every message back as it came."""
-    _serve_echo(lambda frames: frames)
-
-
-def serve_floor_echo() -> None:
-    """The raw echo through zprokit's wire format: check each request, answer it signed (the floor rows)."""
-    signer = protocol.Signer(os.environ["ZPROKIT_KEY"].encode())
-    session, seqs = secrets.token_bytes(16), itertools.count(1)
-
-    def answer(frames: list[zmq.Frame]) -> list[Any]:
-        ident, head = frames
-        _, msg_id, _, their_session, *_, part, _ = protocol.unpack_one(signer, head.buffer)
-        reply = pickle.dumps(pickle.loads(cast(memoryview, part)), protocol=5)
-        return [ident, *protocol.pack_one(signer, protocol.Kind.REPLY, msg_id, next(seqs), session, their_session,
-                                          "", "floor", "", reply)]
-
-    _serve_echo(answer)
-
-
-def serve_raw_forward() -> None:
-    """A ROUTER that forwards ``[target, payload]`` from one DEALER to the DEALER named ``target``."""
-    ctx = zmq.Context()
-    router = _raw_socket(ctx, zmq.ROUTER, bind=True)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown target is an error, a full one blocks
-
-    def step() -> None:
-        source, *frames = router.recv_multipart(copy=False)
-        if len(frames) == 1:  # a hello
-            router.send_multipart([source, b"welcome"])
-        else:
-            router.send_multipart([frames[0], source, *frames[1:]], copy=False)
-
-    stop = _socket_loop(step)
-    _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
-    _commands()
-    stop()
-    router.close(0)
-    ctx.term()
-
-
-def serve_raw_sink(endpoint: str, warm: int, total: int) -> None:
-    """A DEALER named ``sink`` that counts what the forwarder sends it."""
-    ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.linger = 0
-    dealer.setsockopt(zmq.ROUTING_ID, b"sink")
-    dealer.connect(endpoint)
-    dealer.send(b"hello")
-    dealer.recv()
-    dealer.rcvtimeo = 100
-    counter = _Counter(warm, total)
-
-    def step() -> None:
-        _, payload = dealer.recv_multipart(copy=False)
-        counter.arrive(payload.buffer)
-
-    stop = _socket_loop(step)
-    _say("ready")
-    _commands({"count": counter.report})
-    stop()
-    dealer.close(0)
-    ctx.term()
-
-
-def serve_raw_sub(endpoint: str, warm: int, total: int) -> None:
-    """A SUB that counts what the PUB sends."""
-    ctx = zmq.Context()
-    sub = _raw_socket(ctx, zmq.SUB, endpoint=endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"B")
-    counter = _Counter(warm, total)
-
-    def step() -> None:
-        _, payload = sub.recv_multipart(copy=False)
-        counter.arrive(payload.buffer)
-
-    stop = _socket_loop(step)
-    _say("ready")
-    _commands({"count": counter.report})
-    stop()
-    sub.close(0)
-    ctx.term()
-
-
-def serve_raw_router() -> None:
-    """A ROUTER that many DEALERs say hello to; it then asks them round-robin, 64 in flight."""
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.linger = 0
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.rcvtimeo = int(CHILD_TIMEOUT * 1000)
-    router.bind("tcp://127.0.0.1:*")
-    peers: list[bytes] = []
-
-    def wait(n: int) -> dict[str, Any]:
-        while len(peers) < n:
-            peer, _ = router.recv_multipart()
-            peers.append(peer)
-        return {"peers": len(peers)}
-
-    def route(k: int) -> dict[str, Any]:
-        payload = bytes(SMALL)
-        reached: set[bytes] = set()
-        start = time.perf_counter()
-        sent = 0
-        while sent < min(INFLIGHT, k):
-            router.send_multipart([peers[sent % len(peers)], payload])
-            sent += 1
-        for _ in range(k):
-            peer, _ = router.recv_multipart(copy=False)
-            reached.add(peer.bytes)
-            if sent < k:
-                router.send_multipart([peers[sent % len(peers)], payload])
-                sent += 1
-        return {"seconds": time.perf_counter() - start, "reached": len(reached)}
-
-    _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
-    _commands({"wait": wait, "route": route})
-    router.close(0)
-    ctx.term()
-
-
-def serve_raw_dealers(endpoint: str, first: int, count: int) -> None:
-    """``count`` DEALERs in one context: each says hello, then echoes what the ROUTER asks."""
-    ctx = zmq.Context()
-    dealers = []
-    poller = zmq.Poller()
-    for i in range(first, first + count):
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.linger = 0
-        dealer.setsockopt(zmq.ROUTING_ID, f"w{i}".encode())
-        dealer.connect(endpoint)
-        dealer.send(b"hello")
-        poller.register(dealer, zmq.POLLIN)
-        dealers.append(dealer)
-
-    def step() -> None:
-        events = poller.poll(100)
-        if not events:
-            raise zmq.Again()
-        for dealer, _ in events:
-            while True:
-                try:
-                    dealer.send(dealer.recv(zmq.NOBLOCK, copy=False), copy=False)
-                except zmq.Again:
-                    break
-
-    stop = _socket_loop(step)
-    _say("ready")
-    _commands()
-    stop()
-    for dealer in dealers:
-        dealer.close(0)
-    ctx.term()
-
-
-def serve_zp_main() -> None:
-    """A ``Main`` with echo handlers, inline and pooled; it also drives the many-windows run."""
-    seen: set[str] = set()
-    seen_changed = threading.Condition()
-
-    def saw(event: Any, name: str) -> None:
-        with seen_changed:
-            seen.add(name)
-            seen_changed.notify_all()
-
-    with Main(LOCAL, request_timeout=CHILD_TIMEOUT) as main:
-        main.on_msg_from_render(lambda event, args: args, channel="echo", inline=True)
-        main.on_msg_from_render(lambda event, args: args, channel="echo_pooled")
-        main.on_msg_from_render(saw, channel="bench.seen", inline=True)
-
-        def windows() -> dict[str, Any]:
-            return {"count": len(main.get_all_windows())}
-
-        def route(k: int) -> dict[str, Any]:
-            names = [w.name for w in main.get_all_windows()]
-            reached: set[str] = set()
-            window: collections.deque[tuple[str, Any]] = collections.deque()
-
-            def settle() -> None:
-                name, future = window.popleft()
-                if future.result(CHILD_TIMEOUT) == name:
-                    reached.add(name)
-
-            start = time.perf_counter()
-            for i in range(k):
-                name = names[i % len(names)]
-                window.append((name, main.main_call_render(name, i, channel="bench.name")))
-                if len(window) >= INFLIGHT:
-                    settle()
-            while window:
-                settle()
-            return {"seconds": time.perf_counter() - start, "reached": len(reached)}
-
-        def broadcast() -> dict[str, Any]:
-            n = len(main.get_all_windows())
-            with seen_changed:
-                seen.clear()
-            main.broadcast("who is there", topic="bench")
-            with seen_changed:
-                seen_changed.wait_for(lambda: len(seen) >= n, CHILD_TIMEOUT)
-                return {"reached": len(seen)}
-
-        def stats() -> dict[str, Any]:
-            return {"stats": main.stats()}
-
-        _say("ready", endpoint=main.endpoint)
-        _commands({"windows": windows, "route": route, "broadcast": broadcast, "stats": stats})
-
-
-def serve_zp_receiver(endpoint: str, name: str, mode: str, warm: int, total: int) -> None:
-    """A ``Window`` counting one-way messages from other windows (``mode="render"``) or broadcasts."""
-    counter = _Counter(warm, total)
-    with Window(name, endpoint, exit_with_main=True) as window:
-        if mode == "render":
-            window.on_render_msg_to_render(lambda event, payload: counter.arrive(payload))
-        else:
-            window.on_broadcast(lambda event, payload: counter.arrive(payload))
-        _say("ready")
-        _commands({"count": counter.report})
-
-
-def serve_zp_windows(endpoint: str, first: int, count: int) -> None:
-    """``count`` ``Window`` objects sharing one ``zmq.Context``; each answers to its name and to broadcasts."""
-    ctx = zmq.Context()
-    windows: list[Window] = []
-    try:
-        for i in range(first, first + count):
-            window = Window(f"w{i}", endpoint, context=ctx, workers=1, exit_with_main=True)
-            windows.append(window)
-            window.on_msg_from_main(lambda event, args, name=window.name: name, channel="bench.name")
-            window.on_broadcast(
-                lambda event, args, w=window: w.render_msg_to_main(w.name, channel="bench.seen"), topic="bench")
-        _say("ready")
-        _commands()
-    finally:
-        for window in windows:
-            window.close()
-        ctx.term()
-
-
-SERVERS: dict[str, Callable[..., None]] = {
-    "raw-echo": serve_raw_echo,
-    "floor-echo": serve_floor_echo,
-    "raw-forward": serve_raw_forward,
-    "raw-sink": serve_raw_sink,
-    "raw-sub": serve_raw_sub,
-    "raw-router": serve_raw_router,
-    "raw-dealers": serve_raw_dealers,
-    "zp-main": serve_zp_main,
-    "zp-receiver": serve_zp_receiver,
-    "zp-windows": serve_zp_windows,
-}
-
-
 # --- command line ---------------------------------------------------------------------------------
 
 
@@ -1131,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "PARAMS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("ZPROKIT_LOG_LEVEL", "WARNING").upper(),
+    logging.basicConfig(level=os.environ.get(_env.LOG_LEVEL, "WARNING").upper(),
                         format=f"%(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.serve:
         kind, params = args.serve

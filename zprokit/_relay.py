@@ -1,0 +1,209 @@
+"""What windows send to windows, carried by the main, and the credit of one-way messages.
+
+A routed REQUEST gets a message id of the main's (a ``Route`` back to its
+caller's id, kept by the session); its REPLY or ERROR goes back under the
+caller's id, and a CANCEL follows it to the window that has it. Payloads are
+forwarded as they came, never unpickled here.
+
+Flow control: a window reads at most its ``max_queued`` one-way messages
+that it has not handled (its *credit*, returned with CREDIT as it handles
+them). Past that, routed ones wait here (at most as many again, their ACKs
+held back, so their senders slow down) and ``main_msg_to_render`` waits for
+room. ``lock`` guards every window's ``in_flight`` and ``waiting``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ._common import MAX_WAIT
+from ._serve import check_size
+from .errors import MessageTooLarge, QueueFull, WindowNotFound
+from .protocol import Kind, Message, normalize_name
+from .session import Peer
+
+if TYPE_CHECKING:
+    from ._router import Router
+
+log = logging.getLogger("zprokit.main")
+
+__all__ = ["Relay"]
+
+
+class Relay:
+    """Window -> window routing and one-way credit; see the module docstring."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._session = router.session
+        self.lock = threading.Lock()  # every window's in_flight and waiting
+        self._freed = threading.Condition(self.lock)  # a CREDIT came, or a window left
+        self._due: list[tuple[str, Message]] = []  # routed in a batch of the loop: sent when it ends
+
+    # --- routing (I/O thread) --------------------------------------------------------
+
+    def route_soon(self, source: str, msg: Message) -> None:
+        """``route`` now, or, in a batch on the loop, when the batch ends (with its other sends)."""
+        if self._router.batching and self._router.in_loop():
+            self._due.append((source, msg))
+        else:
+            self._route(source, msg)
+
+    def flush(self) -> None:
+        if not self._due:
+            return
+        due, self._due = self._due, []
+        for source, msg in due:  # in the order they came: one-way messages keep their order
+            try:
+                self._route(source, msg)
+            except Exception:
+                log.exception("main: error routing a message from %r", source)
+
+    def _route(self, source: str, msg: Message) -> None:
+        """Forward a window's MESSAGE or REQUEST to its target window, payload untouched."""
+        router = self._router
+        target = self._session.windows.get(normalize_name(msg.target))
+        if target is None:
+            router.send_error(source, msg.msg_id, WindowNotFound(msg.target))
+            return
+        msg.target = target.name
+        try:
+            check_size(target, msg.payload, msg.channel, source)
+        except MessageTooLarge as e:
+            router.send_error(source, msg.msg_id, e)
+            return
+        if msg.kind == Kind.MESSAGE:
+            if self._take_credit(target, source, msg):
+                self._forward(target, source, msg)
+            return
+        msg_id = self._session.add_route(source, msg.msg_id, target.name)
+        try:
+            sent = router.send_to(target.name, Kind.REQUEST, msg_id, msg.channel, msg.payload, origin=source,
+                                  raise_full=True)
+        except QueueFull as e:
+            self._session.pop_route(msg_id)
+            router.send_error(source, msg.msg_id, e)
+            return
+        if sent:
+            router.stats["messages_routed"] += 1
+        else:
+            self._session.pop_route(msg_id)
+            router.send_error(source, msg.msg_id, WindowNotFound(target.name))
+
+    def _take_credit(self, target: Peer, source: str, msg: Message) -> bool:
+        """True if ``msg`` may go now (its credit taken); else it waits here, or is refused."""
+        with self.lock:
+            if target.credit is None:
+                return True
+            if not target.waiting and target.in_flight < target.credit:
+                target.in_flight += 1
+                return True
+            if target.waiting is None:
+                target.waiting = collections.deque()
+            if len(target.waiting) < target.credit:  # held, its ACK with it: the sender slows down
+                target.waiting.append((source, msg))
+                return False
+        with self._router.sock.lock:  # senders count it too, under the lock
+            self._router.stats["dropped_hwm"] += 1
+        self._router.send_error(source, msg.msg_id, QueueFull(
+            target.name, f"window {target.name!r} is not keeping up: {target.in_flight} one-way messages "
+                         f"unhandled and {len(target.waiting)} more held; nothing was sent"))
+        return False
+
+    def _forward(self, target: Peer, source: str, msg: Message) -> None:
+        """Send a routed one-way message on, its credit taken; ACK its sender."""
+        router = self._router
+        try:
+            sent = router.send_to(target.name, Kind.MESSAGE, 0, msg.channel, msg.payload, origin=source,
+                                  raise_full=True)
+        except QueueFull as e:  # the sender's future fails with it: backpressure reaches the sender
+            self.give_back(target, 1)
+            router.send_error(source, msg.msg_id, e)
+            return
+        if sent:
+            router.stats["messages_routed"] += 1
+            router.send_to(source, Kind.ACK, msg.msg_id)
+        else:
+            router.send_error(source, msg.msg_id, WindowNotFound(target.name))
+
+    def answer(self, peer: Peer, msg: Message) -> bool:
+        """A REPLY or ERROR from ``peer``: if it answers a routed request, pass it back to the
+        caller under its own id and return True."""
+        route = self._session.answered_route(msg.msg_id, peer.name)
+        if route is None:
+            return False
+        source = self._session.windows.get(route.source)
+        if source is not None and msg.kind == Kind.REPLY:
+            try:
+                check_size(source, msg.payload, "", peer.name)
+            except MessageTooLarge as e:  # the caller is told now, not by its timeout
+                self._router.send_error(route.source, route.source_msg_id, e)
+                return True
+        self._router.send_to(route.source, msg.kind, route.source_msg_id, "", msg.payload, origin=peer.name)
+        return True
+
+    def cancel(self, source: str, source_msg_id: int) -> None:
+        """``source`` gave up its routed request: not routed yet, it never will be; else the
+        window that has it is told."""
+        for i, (from_, due) in enumerate(self._due):  # not routed yet (same batch): never will be
+            if from_ == source and due.msg_id == source_msg_id and due.kind == Kind.REQUEST:
+                del self._due[i]
+                return
+        cancelled = self._session.cancel_route(source, source_msg_id)
+        if cancelled is not None:
+            msg_id, route = cancelled
+            self._router.send_to(route.target, Kind.CANCEL, msg_id, origin=source)
+
+    # --- credit ----------------------------------------------------------------------
+
+    def credit(self, peer: Peer, count: int) -> None:
+        """The window handled ``count`` more one-way messages: send on what waited for room."""
+        released = []
+        with self._freed:
+            peer.in_flight = max(0, peer.in_flight - count)
+            while peer.waiting and peer.credit is not None and peer.in_flight < peer.credit:
+                released.append(peer.waiting.popleft())
+                peer.in_flight += 1
+            self._freed.notify_all()
+        for source, held in released:  # in the order they came
+            self._forward(peer, source, held)
+
+    def give_back(self, peer: Peer, count: int) -> None:
+        """Credit taken for a message that did not leave."""
+        with self._freed:
+            peer.in_flight = max(0, peer.in_flight - count)
+            self._freed.notify_all()
+
+    def reserve(self, peer: Peer, limit: float) -> None:
+        """Take one credit of ``peer`` for the main's own one-way message (any thread), waiting
+        at most ``limit`` s for room; else ``QueueFull`` (or ``WindowNotFound`` if it left)."""
+        windows = self._session.windows
+        with self._freed:
+            deadline = math.inf
+            while peer.credit is not None and (peer.waiting or peer.in_flight >= peer.credit):
+                if windows.get(peer.name) is not peer:
+                    raise WindowNotFound(peer.name)
+                now = time.monotonic()
+                deadline = min(deadline, now + limit)
+                if now >= deadline:
+                    with self._router.sock.lock:
+                        self._router.stats["dropped_hwm"] += 1
+                    raise QueueFull(peer.name, f"window {peer.name!r} has had {peer.in_flight} one-way messages "
+                                               f"unhandled (its max_queued) for {limit} s; nothing was sent")
+                self._freed.wait(min(deadline - now, MAX_WAIT))
+            if peer.credit is not None:
+                peer.in_flight += 1
+
+    def window_left(self, peer: Peer, lost: BaseException) -> None:
+        """``peer`` left (I/O thread): routed one-way messages that waited for it fail, and
+        senders waiting for its room learn it is gone."""
+        with self._freed:
+            held, peer.waiting = list(peer.waiting or ()), None
+            self._freed.notify_all()
+        for source, msg in held:
+            self._router.send_error(source, msg.msg_id, lost)
