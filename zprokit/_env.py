@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 __all__ = [
+    "PREFIX",
     "ENDPOINT",
     "NAME",
     "KEY",
@@ -26,6 +27,7 @@ __all__ = [
     "ChildSpec",
 ]
 
+PREFIX = "ZPROKIT_"  # every variable of zprokit's starts with it
 ENDPOINT = "ZPROKIT_ENDPOINT"  # the main's ROUTER: where a main binds, where a window connects
 NAME = "ZPROKIT_NAME"  # a window's name
 KEY = "ZPROKIT_KEY"  # the shared key, as text

@@ -207,8 +207,9 @@ class Link:
             self._inbox.begin_batch()  # until the loop's batch ends
         self._stats["messages_in"] += 1
         try:
-            msg = protocol.unpack(self._signer, [frames[0], *(f.buffer for f in frames[1:])],
-                                  max_size=self._max_payload)
+            if len(frames) > 1:  # the first frame comes as bytes, the rest as zmq.Frames
+                frames = [frames[0], *(f.buffer for f in frames[1:])]
+            msg = protocol.unpack(self._signer, frames, max_size=self._max_payload)
             self.session.admit(msg, time.monotonic())
         except MainRestarted:  # a main that does not know us answers on our current session
             self._on_loop(on_loop, self.lose_main, "the main restarted")
@@ -219,7 +220,7 @@ class Link:
         handler = self._HANDLERS.get(msg.kind)
         if handler is None:
             self.reject(Rejected("malformed", f"unexpected {msg.kind.name}"), "a message")
-        elif on_loop or handler is Link._on_answer:
+        elif on_loop or handler is _ON_ANSWER:
             handler(self, msg)
         else:
             self._loop.call_soon(functools.partial(handler, self, msg))
@@ -495,3 +496,5 @@ class Link:
             dealer.close(linger_ms)
         self.sub.close(linger_ms)
 
+
+_ON_ANSWER = Link._HANDLERS[Kind.REPLY]  # answers are settled by whoever reads them

@@ -119,10 +119,15 @@ class PendingRequests:
     def pop(self, msg_id: int, answered_by: str | None = None) -> ReplyFuture[Any] | None:
         """The future of request ``msg_id``, no longer pending; None if there is none (it timed
         out, or was never made), or if ``answered_by`` is given and is not the one asked."""
-        entry = self._items.get(msg_id)
-        if entry is None or (answered_by is not None and entry[3] != answered_by):
-            return None
-        if self._items.pop(msg_id, None) is None:  # another thread took it meanwhile
+        if answered_by is None:
+            entry = self._items.pop(msg_id, None)
+        else:
+            entry = self._items.get(msg_id)
+            if entry is None or entry[3] != answered_by:
+                return None
+            if self._items.pop(msg_id, None) is None:  # another thread took it meanwhile
+                return None
+        if entry is None:
             return None
         if len(self._heap) > 2 * len(self._items) + 64:  # answered calls: keep the heap in proportion
             self._compact()

@@ -85,7 +85,7 @@ class Router:
         self.rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
         self._sweep_due = False
-        self.batching = False  # the loop is working through a batch of messages (see Server.answer)
+        self.batching = False  # the loop is working through a batch of messages (see Server._answerer)
         self.server = Server(self, dispatch, serializer, handlers, max_queued)
         self.relay = Relay(self)
 
@@ -423,7 +423,7 @@ class Router:
                 self.stats["dropped_hwm"] += 1
                 # Rate-limited: a stranger who floods us and never reads would otherwise get a line per message.
                 self._warn.warning("dropped_hwm", "main: send queue to %r is full; message not sent", ident)
-                raise QueueFull(ident.partition(b"\0")[0].decode(errors="replace")) from e
+                raise QueueFull(protocol.routing_name(ident).decode(errors="replace")) from e
             raise Closed(f"the main's ROUTER failed: {e}") from e
         self.stats["messages_out"] += 1
         return True

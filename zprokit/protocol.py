@@ -60,6 +60,8 @@ __all__ = [
     "check_window_name",
     "MAX_NAME_BYTES",
     "split_routing_id",
+    "routing_name",
+    "split_control_topic",
     "control_topic",
     "encode_body",
     "decode_body",
@@ -141,8 +143,8 @@ class Rejected(ProtocolError):
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs microseconds per message to build
 class Message:
-    """A verified message, as ``unpack`` returns it: the header's fields and the
-    (still serialized) payload parts; ``topic`` is the PUB topic frame, for broadcasts."""
+    """A verified message, as ``unpack`` returns it: the header's fields and the (still
+    serialized) payload parts. (A broadcast's topic frame was checked against ``channel``.)"""
 
     kind: Kind
     msg_id: int = 0
@@ -153,7 +155,6 @@ class Message:
     target: str = ""
     channel: str = ""
     payload: tuple[Any, ...] = ()
-    topic: bytes | None = None
 
 
 # A window's routing id is b"name\0" + a 32-character nonce (routing_id), and ZeroMQ allows 255 bytes.
@@ -205,6 +206,19 @@ def split_routing_id(ident: bytes) -> tuple[str, str]:
         return name.decode(), nonce.decode(errors="replace")
     except UnicodeDecodeError:
         raise Rejected("malformed", "routing id is not UTF-8") from None
+
+
+def routing_name(ident: bytes) -> bytes:
+    """The name half of a routing id, as bytes: for comparing with a name, or quoting in an error."""
+    return ident.partition(b"\0")[0]
+
+
+def split_control_topic(topic: bytes) -> tuple[str, str] | None:
+    """``(name, nonce)`` of a control topic (``control_topic``), or None if it is not one."""
+    if not topic.startswith(CONTROL_PREFIX):
+        return None
+    name, _, nonce = topic[len(CONTROL_PREFIX):].partition(b"\0")
+    return name.decode(errors="replace"), nonce.decode(errors="replace")
 
 
 def control_topic(name: str, nonce: str) -> bytes:
@@ -280,14 +294,22 @@ class Signer:
             mac.update(topic)
         mac.update(_LEN.pack(len(head) if type(head) is bytes else memoryview(head).nbytes))
         mac.update(head)
-        for frame in rest:
-            size = memoryview(frame).nbytes
-            if size >= _THREADED_MIN and _rayon_usable:
-                # Start over on every core. What was hashed so far is wasted, but it is
-                # little: a large frame comes right after the head (at most ~64 KiB).
-                return self._sign_threaded([*([topic] if topic is not None else []), head, *rest])
-            mac.update(_LEN.pack(size))
-            mac.update(frame)
+        if rest:
+            for frame in rest:
+                size = memoryview(frame).nbytes
+                if size >= _THREADED_MIN and _rayon_usable:
+                    # Start over on every core. What was hashed so far is wasted, but it is
+                    # little: a large frame comes right after the head (at most ~64 KiB).
+                    return self._sign_threaded([*([topic] if topic is not None else []), head, *rest])
+                mac.update(_LEN.pack(size))
+                mac.update(frame)
+        return mac.digest()
+
+    def _mac_of_head(self, body: Any, size: int) -> bytes:
+        """``sign(body)`` for a message of one frame and no topic (most): ``size`` is len(body)."""
+        mac = self._base.copy()
+        mac.update(_LEN.pack(size))
+        mac.update(body)
         return mac.digest()
 
     def _sign_threaded(self, frames: Sequence[Any]) -> bytes:
@@ -331,15 +353,17 @@ def pack(
         first = payload[0]
         inline = len(first) if type(first) is bytes else memoryview(first).nbytes
         if inline <= INLINE_MAX:
-            flags, rest = FLAG_INLINE, payload[1:]
+            flags, rest = FLAG_INLINE, payload[1:] if len(payload) > 1 else ()
         else:
             first, inline = b"", 0
     fixed = _FIXED.pack(kind, flags, msg_id, seq, session, peer_session, len(src), len(tgt), len(chan), inline)
     body = b"".join((VERSION, fixed, src, tgt, chan, first))
+    if not rest and topic is None:  # one frame: most messages
+        return [body + signer._mac_of_head(body, len(body))]
     head = body + signer.sign(body, rest, topic)
     if topic is not None:
         return [topic, head, *rest]
-    return [head, *rest] if rest else [head]
+    return [head, *rest]
 
 
 def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None, topic: bytes | None = None) -> Message:
@@ -358,7 +382,7 @@ def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None
         raise Rejected("unknown_version", repr(bytes(head[: len(VERSION)])))
     if size < _MIN_HEAD:
         raise Rejected("malformed", "head frame too short")
-    rest = frames[1:]
+    rest = frames[1:] if len(frames) > 1 else ()
     if max_size is not None:
         total = size + (len(topic) if topic is not None else 0)
         for frame in rest:
@@ -366,7 +390,11 @@ def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None
         if total > max_size:
             raise Rejected("oversized")
     body = head[:-MAC_SIZE]
-    if not hmac.compare_digest(signer.sign(body, rest, topic), head[-MAC_SIZE:]):
+    if rest or topic is not None:
+        mac = signer.sign(body, rest, topic)
+    else:  # one frame: most messages
+        mac = signer._mac_of_head(body, size - MAC_SIZE)
+    if not hmac.compare_digest(mac, head[-MAC_SIZE:]):
         raise Rejected("bad_signature")
     kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline = _FIXED.unpack_from(body, len(VERSION))
     pos = len(VERSION) + _FIXED.size
@@ -390,7 +418,7 @@ def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None
         payload = (body[end:], *rest) if rest else (body[end:],)
     else:
         payload = tuple(rest)
-    return Message(kind, msg_id, seq, session, peer, source, target, channel, payload, topic)
+    return Message(kind, msg_id, seq, session, peer, source, target, channel, payload)
 
 
 def _topic_matches(topic: bytes, kind: int, channel: str) -> bool:

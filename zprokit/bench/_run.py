@@ -283,9 +283,9 @@ class _Bench:
         self.key = key
         self.progress = progress
         self.checks: dict[str, Any] = {}
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(_env.PREFIX)}
         self.env[_env.KEY] = key
-        self.env["ZPROKIT_LOG_LEVEL"] = os.environ.get(_env.LOG_LEVEL, "WARNING")
+        self.env[_env.LOG_LEVEL] = os.environ.get(_env.LOG_LEVEL, "WARNING")
 
     def say(self, text: str) -> None:
         if self.progress is not None:

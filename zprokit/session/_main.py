@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 import secrets
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from .. import protocol
 from ..events import WindowInfo
@@ -19,7 +19,7 @@ __all__ = ["Peer", "Route", "Welcome", "Refuse", "Contest", "HelloDecision", "Se
 _MAX_RESERVATION = 60.0  # a name is held between HELLO and REGISTER at most this long (plus a second)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: one per window, and the main keeps hundreds
 class Peer:
     """A window as the main knows it, from REGISTER until it leaves."""
 
@@ -43,7 +43,7 @@ class Peer:
         return self.info.name
 
 
-@dataclass
+@dataclass(slots=True)
 class Route:
     """A request carried window -> window: whom to answer, under which id."""
 
@@ -277,11 +277,9 @@ class MainSession:
         self._subscriptions.discard(topic)
 
     def _is_reserved_topic(self, topic: bytes) -> bool:
-        if not topic.startswith(protocol.CONTROL_PREFIX):
-            return False
-        name, _, nonce = topic[len(protocol.CONTROL_PREFIX):].partition(b"\0")
-        held = self._reservations.get(name.decode(errors="replace"))
-        return held is not None and held.nonce.encode() == nonce
+        parsed = protocol.split_control_topic(topic)
+        held = None if parsed is None else self._reservations.get(parsed[0])
+        return held is not None and parsed is not None and held.nonce == parsed[1]
 
     def _complete(self, name: str) -> Peer:
         peer = self._joining.pop(name)
@@ -297,24 +295,32 @@ class MainSession:
     def admit(self, ident: bytes, msg: Message, now: float, user: str | None = None) -> Peer:
         """The one check of a verified message from a window (HELLO and REGISTER apart):
         raises ``Rejected`` (or ``Unwelcome``), else returns its sender, marked as heard now."""
-        kind = msg.kind
-        self._check_sender(ident, msg, user)
-        name = protocol.split_routing_id(ident)[0]
-        peer = self.windows.get(name)
-        if peer is None or peer.session != msg.session or msg.source != name or peer.ident != ident:
-            # A window we dropped (silent too long: a partition, a freeze) that still talks to us
-            # on our session: told, so it rejoins now, not after its own liveness timeout.
-            told = kind in (Kind.PING, Kind.REQUEST, Kind.MESSAGE) and (peer is None or peer.ident != ident)
-            raise Unwelcome("unregistered", name, "the main had dropped this window" if told else None, rejoin=True)
-        if not self._guard.accept(name, msg.session, msg.seq):
-            raise Rejected("replay", name)
+        if self.curve or msg.peer_session != self.session:
+            self._check_sender(ident, msg, user)
+        # The sender is the window whose routing id this is: its name (in the routing id) is the
+        # source the message claims, its session the registered one. Looked up by the claimed
+        # source, and the whole routing id compared (it holds the name), so no decoding here.
+        peer = self.windows.get(msg.source)
+        if peer is None or peer.ident != ident or peer.session != msg.session:
+            self._unregistered(ident, msg)
+        if not self._guard.accept(peer.name, msg.session, msg.seq):
+            raise Rejected("replay", peer.name)
         peer.last_seen = now
         peer.messages += 1
         return peer
 
+    def _unregistered(self, ident: bytes, msg: Message) -> NoReturn:
+        """Not from the registered window its routing id names. A window we dropped (silent too
+        long: a partition, a freeze) that still talks to us on our session is told, so it
+        rejoins now, not after its own liveness timeout."""
+        name = protocol.split_routing_id(ident)[0]
+        peer = self.windows.get(name)
+        told = msg.kind in (Kind.PING, Kind.REQUEST, Kind.MESSAGE) and (peer is None or peer.ident != ident)
+        raise Unwelcome("unregistered", name, "the main had dropped this window" if told else None, rejoin=True)
+
     def _check_sender(self, ident: bytes, msg: Message, user: str | None) -> None:
         """Whose key sent it (under CURVE) and to which main: the checks before any name is trusted."""
-        if self.curve and (user is None or ident.partition(b"\0")[0] != user.encode()):
+        if self.curve and (user is None or protocol.routing_name(ident) != user.encode()):
             # The name a message claims is its routing id's; CURVE's User-Id says whose key sent it.
             raise Rejected("unauthenticated", f"routing id {ident[:64]!r} from a CURVE key allowed as {user!r}")
         if msg.peer_session != self.session:
