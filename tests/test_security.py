@@ -721,6 +721,15 @@ def test_curve_create_window_gets_a_key_of_its_own(curve, tests_dir: str):
         assert handle.join(WAIT) == 0
 
 
+def test_curve_create_window_that_cannot_start_leaves_no_key_on_the_allow_list(curve):
+    server_public, server_secret = curve["main"]
+    with Main("tcp://127.0.0.1:0", curve_secret_key=server_secret, curve_allow={}) as main:
+        allowed = dict(main._sockets.zap._names)
+        with pytest.raises(TypeError):
+            main.create_window("kid", 42)  # neither a callable nor "module:function"
+        assert main._sockets.zap._names == allowed
+
+
 # --- the window's side: a main that holds the key, and attacks ----------------------------------
 
 

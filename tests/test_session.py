@@ -735,6 +735,23 @@ def test_backoff_grows_to_its_cap_and_gives_up_after_give_up_after():
     assert ws.failures == 0 and ws.lost_at is None
 
 
+def test_backoff_stays_at_its_cap_after_thousands_of_failures():
+    ws = WindowSession("w", heartbeat=HB, liveness=LIVENESS, max_backoff=5.0, _random=lambda low, high: 1.0)
+    ws.registered(T0 - 1)
+    ws.lost(T0)
+    ws.failures = 5000  # a main down for hours: 2.0 ** 5000 would overflow
+    assert ws.backoff(T0 + 1) == 5.0
+
+
+def test_a_welcome_whose_body_is_not_json_fails_the_handshake_at_once():
+    ws = WindowSession("w", heartbeat=HB, liveness=LIVENESS)
+    ws.start_handshake()
+    welcome = Message(Kind.WELCOME, 0, 1, bytes(range(16)), ws.session, "main", "w", "", (b"not json",))
+    with pytest.raises(HandshakeFailed) as failed:
+        ws.answer(welcome, "tcp://127.0.0.1:1")
+    assert isinstance(failed.value.error, ProtocolError)
+
+
 def test_backoff_is_jittered_between_half_and_one_and_a_half_times():
     ws = WindowSession("w", heartbeat=HB, liveness=LIVENESS)
     delays = [ws.backoff(T0) for _ in range(3)]

@@ -55,7 +55,11 @@ def main() -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
-    spec = _env.ChildSpec.from_environ(os.environ)
+    try:
+        spec = _env.ChildSpec.from_environ(os.environ)
+    except ValueError as e:  # not what create_window writes: say so, and fail as a target would
+        log.error("window process: a bad environment: %s", e)
+        return 1
     exit_with_main = spec.exit_with_main
     finished = threading.Event()
     if exit_with_main:

@@ -122,7 +122,8 @@ class Inbox:
 
     def drop_calls(self) -> None:
         """The main is gone: nobody to answer, so calls not yet started never will be."""
-        for serving in self.serving.values():
+        # list(...) copies in one step: pool threads pop from the table meanwhile
+        for serving in list(self.serving.values()):
             serving.cancelled = True
         self.serving.clear()
 

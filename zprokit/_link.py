@@ -99,7 +99,7 @@ class Link:
             return
         self._probe = probe
         self._loop.add_socket(probe, self._on_probe)
-        self._hello_ready = window.is_ready
+        self._hello_ready = window._is_ready
         hello = {
             "name": self._name,
             "pid": os.getpid(),
@@ -112,7 +112,7 @@ class Link:
         }
         probe.send_multipart(protocol.pack(self._signer, Kind.HELLO, 0, self.session.next_seq(), self.session.session,
                                            protocol.NO_SESSION, self._name, "", "", [protocol.encode_body(hello)]))
-        limit = self.session.handshake_limit(window.timeout, first=not window.joined)
+        limit = self.session.handshake_limit(window.timeout, first=not window._joined.is_set())
         if limit != float("inf"):  # no limit: no timer
             self._loop.call_later(limit, lambda: self._handshake_timed_out(attempt, limit))
 
@@ -122,8 +122,8 @@ class Link:
             self._fail_handshake(Timeout(f"no answer from the main at {self._endpoint} within {limit} s ({where})"))
 
     def _fail_handshake(self, error: BaseException) -> None:
-        if not self._window.joined:  # the constructor is waiting: it raises this
-            self._window.handshake_failed(error)
+        if not self._window._joined.is_set():  # the constructor is waiting: it raises this
+            self._window._handshake_failed(error)
             return
         log.warning("window %r: reconnecting failed: %s", self._name, error)
         self.drop_sockets()
@@ -244,9 +244,9 @@ class Link:
 
     def _on_registered(self, msg: Message) -> None:
         self.session.registered(time.monotonic())
-        if self._window.is_ready and not self._hello_ready:  # ready() came while this handshake was under way
+        if self._window._is_ready and not self._hello_ready:  # ready() came while this handshake was under way
             self.send(Kind.READY, 0, "", "", ())
-        self._window.registered()
+        self._window._registered()
 
     def _on_answer(self, msg: Message) -> None:
         """A REPLY, ACK or ERROR: settle the request ``msg_id`` (any reading thread)."""
@@ -276,7 +276,7 @@ class Link:
 
     def _on_close_request(self, msg: Message) -> None:
         log.info("window %r: the main asked us to close", self._name)
-        self._window.close_in_background(None)
+        self._window._close_in_background(None)
 
     def _on_bye(self, msg: Message) -> None:
         # Even if the closed connection was seen first (the goodbye was handed over by a reading
@@ -284,7 +284,7 @@ class Link:
         follow = self._window.exit_with_main
         self.lose_main("the main closed", retry=not follow)
         if follow:
-            self._window.close_in_background(PeerLost(
+            self._window._close_in_background(PeerLost(
                 f"the main at {self._endpoint} was closed (it said goodbye); "
                 "Window(exit_with_main=False) keeps a window reconnecting after that"))
 
@@ -321,7 +321,7 @@ class Link:
         ``EAGAIN`` (an exception, which costs more), and looks at the
         future's state directly.
         """
-        self._window.check_fork()
+        self._window._check_fork()
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         dealer = self.dealer
@@ -415,7 +415,7 @@ class Link:
         if retry and self._window.reconnect:
             self._schedule_reconnect()
         elif not self._window.exit_with_main:
-            self._window.close_in_background(PeerLost(f"lost the main at {self._endpoint}: {reason}"))
+            self._window._close_in_background(PeerLost(f"lost the main at {self._endpoint}: {reason}"))
 
     def _schedule_reconnect(self) -> None:
         if self._window.closed:
@@ -423,7 +423,7 @@ class Link:
         now = time.monotonic()
         delay = self.session.backoff(now)
         if delay is None:
-            self._window.close_in_background(PeerLost(
+            self._window._close_in_background(PeerLost(
                 f"gave up reconnecting to {self._endpoint} after {self.session.lost_for(now):.1f} s"))
             return
         self._loop.call_later(delay, self.start_handshake)

@@ -7,9 +7,10 @@ ZeroMQ error of binding becomes an ``OSError``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, Callable, cast
+from typing import Any, Callable, Iterator, cast
 
 import zmq
 
@@ -45,6 +46,7 @@ class MainSockets:
         on_key_denied: Callable[[bytes], None],
     ) -> None:
         self._key = key  # the PUB port's passwords are derived from it (security.subscriber_token)
+        self._curve = curve
         self.router = ctx.socket(zmq.ROUTER)
         self.pub = ctx.socket(zmq.XPUB)
         self.zap: ZapHandler | None = None
@@ -129,6 +131,23 @@ class MainSockets:
             except zmq.Again:
                 return
             reject("unauthenticated", "a subscriber to the broadcast port without a window's password")
+
+    @contextlib.contextmanager
+    def child_key(self, name: str) -> Iterator[tuple[str, str] | None]:
+        """Under CURVE, a keypair for a window process ``name`` that ``create_window`` starts:
+        ``(its secret key, the main's public key)``, z85; its public key is on the allow-list as
+        ``name`` (one dict store: safe beside the I/O thread's reads), and leaves it again if
+        the process cannot be started. Without CURVE, None."""
+        if self._curve is None or self.zap is None:
+            yield None
+            return
+        public, secret = zmq.curve_keypair()
+        self.zap.allow_key(name, public)
+        try:
+            yield secret.decode(), self._curve.public_key.decode()
+        except BaseException:
+            self.zap.forget_key(public)  # no child: its key lets nobody in
+            raise
 
     def close_monitors(self) -> None:
         """Stop the monitors (under the sockets' locks: the caller holds them)."""

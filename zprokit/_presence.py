@@ -76,8 +76,6 @@ class Presence:
                 event.clear()
         finally:
             waiters = self._waiters.get(name, [])
-            if event in waiters:
-                waiters.remove(event)
-            if not waiters:
-                self._waiters.pop(name, None)
+            if event in waiters:  # the list stays (as few as names waited for): popping it could
+                waiters.remove(event)  # orphan a waiter that has just found it
 

@@ -199,6 +199,11 @@ class Relay:
             if peer.credit is not None:
                 peer.in_flight += 1
 
+    def wake(self) -> None:
+        """Every sender waiting for room looks again (the main closed)."""
+        with self._freed:
+            self._freed.notify_all()
+
     def window_left(self, peer: Peer, lost: BaseException) -> None:
         """``peer`` left (I/O thread): routed one-way messages that waited for it fail, and
         senders waiting for its room learn it is gone."""

@@ -85,6 +85,7 @@ class Router:
         self.rejected: Counter[str] = Counter()
         self._warn = RateLimitedLog(log)
         self._sweep_due = False
+        self.closing = False  # set by Main.close(): liveness stops dropping windows (and telling listeners)
         self.batching = False  # the loop is working through a batch of messages (see Server._answerer)
         self.server = Server(self, dispatch, serializer, handlers, max_queued)
         self.relay = Relay(self)
@@ -125,11 +126,12 @@ class Router:
                 return
             peer = self.session.admit(ident, msg, now, user)
         except Unwelcome as e:
+            self.reject(e.reason, e, raw)  # counted first: the answer below may fail (QueueFull)
             if e.tell is not None:
                 self._send_signed(ident, Kind.ERROR, msg.msg_id, msg.session, "", msg.source,
                                   [protocol.encode_body({**protocol.error_body(PeerLost(e.tell), MAIN_NAME),
                                                          **({"rejoin": True} if e.rejoin else {})})])
-            raise
+            return
         handler = self._HANDLERS.get(kind)
         if handler is None:
             raise Rejected("malformed", f"unexpected {kind.name} from {peer.name}")
@@ -160,9 +162,10 @@ class Router:
             body = {"reason": decision.reason, "message": decision.message}
             self._send_signed(ident, Kind.REFUSE, hello.msg_id, hello.session, "", "", [protocol.encode_body(body)])
         elif isinstance(decision, Contest):
-            # The holder is asked; the newcomer is answered once we know (or at once, when the
-            # ping cannot leave: then the holder is gone, dropped by send_to, and the name free).
-            if self.send_to(decision.name, Kind.PING):
+            # The holder is asked; the newcomer is answered once we know: after a heartbeat, or at
+            # once when the holder is unreachable (send_to dropped it, and the name is free). A
+            # holder whose queue is full is busy, not gone: it gets its heartbeat too.
+            if self.send_to(decision.name, Kind.PING) or decision.name in self.session.windows:
                 self._loop.call_later(self._heartbeat, functools.partial(self._settle_contest, decision.name))
             else:
                 self._settle_contest(decision.name)
@@ -189,7 +192,7 @@ class Router:
 
     def tick(self) -> None:
         """Every quarter heartbeat: windows silent for ``heartbeat * liveness`` s leave."""
-        if self.sock.closed:
+        if self.closing or self.sock.closed:
             return
         self._loop.call_later(self._heartbeat / 4, self.tick)
         silent, lapsed = self.session.tick(time.monotonic())

@@ -71,7 +71,9 @@ class Subscriber:
         self._topics: list[bytes] = []
         self._endpoint = ""
         self._nonce: str | None = None  # the handshake's nonce, when the PUB port wants a password
-        self.paused = False  # not read while the broadcast backlog is full
+        # Not read while the broadcast backlog is full: set by the I/O thread; cleared by the pool
+        # thread that drains the backlog (one at a time: the broadcast lane runs one job at a time).
+        self.paused = False
 
     def connect(self, endpoint: str, topics: list[bytes], nonce: str | None) -> None:
         """A SUB to the main's PUB at ``endpoint``; with ``nonce``, it logs in with the password
@@ -94,8 +96,8 @@ class Subscriber:
         sock.connect(self._endpoint)
         self._session.last_pub = time.monotonic()
         self._sock = sock
-        self.paused = False
-        self._loop.add_socket(sock, self.on_readable)
+        if not self.paused:  # paused: the broadcast backlog is full; resume() adds it when it drains
+            self._loop.add_socket(sock, self.on_readable)
 
     def close(self, linger_ms: int = 0) -> None:
         if self._sock is not None:

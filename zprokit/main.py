@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, cast, overload
 
 import zmq
 
@@ -278,14 +278,18 @@ class Main:
         if self._loop.in_loop:  # an inline handler: waiting here would stall the very loop that frees room
             limit = 0.0
         relay = self._router.relay
-        relay.reserve(peer, limit)
+        try:
+            relay.reserve(peer, limit)
+        except WindowNotFound:
+            self._check_open()  # gone because this main closed meanwhile: Closed, not "not found"
+            raise
         try:
             sent = self._router.send_to(peer.name, Kind.MESSAGE, 0, channel, payload, raise_full=True)
         except BaseException:
             relay.give_back(peer, 1)
             raise
         if not sent:
-            raise WindowNotFound(peer.name)
+            self._not_found(peer.name)
 
     def send_msg_to_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
@@ -303,8 +307,8 @@ class Main:
         default ``request_timeout``) or ``Closed``. ``WindowNotFound`` is raised
         at once when the name is unknown.
         """
-        limit = self.request_timeout if timeout is None else check_timeout(timeout)
         peer, payload = self._prepare(name, msg, channel)
+        limit = self.request_timeout if timeout is None else check_timeout(timeout)
         future: ReplyFuture[Any] = ReplyFuture(f"main_call_render({peer.name!r}, channel={channel!r})")
         future.set_running_or_notify_cancel()
         msg_id = self._session.next_id()
@@ -316,19 +320,25 @@ class Main:
             raise
         if not sent:
             self._pending.pop(msg_id)
-            raise WindowNotFound(peer.name)
+            self._not_found(peer.name)
         return future
 
     def _prepare(self, name: str, msg: Any, channel: str) -> tuple[Peer, list[Any]]:
         """Check a send to window ``name`` and serialize ``msg``: the window and the payload."""
         self._check_open()
         check_channel(channel)
-        peer = self._session.windows.get(normalize_name(name))
+        name = normalize_name(name)
+        peer = self._session.windows.get(name)
         if peer is None:
-            raise WindowNotFound(name)
+            self._not_found(name)
         payload = self.serializer.dumps(msg)
         check_size(peer, payload, channel)
         return peer, payload
+
+    def _not_found(self, name: str) -> NoReturn:
+        """``WindowNotFound``, or ``Closed`` if the window is gone because this main closed."""
+        self._check_open()
+        raise WindowNotFound(name)
 
     def broadcast(self, msg: Any, *, topic: str = "", timeout: float | None = None) -> None:
         """Publish ``msg`` to every window whose ``on_broadcast`` topic is a prefix of ``topic``.
@@ -403,14 +413,10 @@ class Main:
         name = normalize_name(name)
         spec = _env.ChildSpec(name=name, endpoint=self.endpoint, key=self.key, serializer=self.serializer.name,
                               heartbeat=self.heartbeat, liveness=self.liveness)
-        if self.curve_public_key is not None:
-            # Under CURVE the child gets a keypair of its own, on the allow-list under its name only.
-            public, secret = zmq.curve_keypair()
-            assert self._sockets.zap is not None
-            self._sockets.zap.allow_key(name, public)  # one dict store: safe beside the I/O thread's reads
-            spec = dataclasses.replace(spec, curve_secret_key=secret.decode(),
-                                       curve_server_key=self.curve_public_key.decode())
-        handle = create_window(spec, target, **options)
+        with self._sockets.child_key(name) as curve:  # under CURVE, a keypair of its own (allow-listed)
+            if curve is not None:
+                spec = dataclasses.replace(spec, curve_secret_key=curve[0], curve_server_key=curve[1])
+            handle = create_window(spec, target, **options)
         self._processes.append(handle)
         return handle
 
@@ -452,6 +458,7 @@ class Main:
             self._shut = self._closed = True
         if fork_generation() != self._born:
             return
+        self._router.closing = True
         if self._loop.alive:
             self._loop.call_soon(self._say_goodbye)
         for proc in self._processes:
@@ -506,6 +513,7 @@ class Main:
     def _close_sockets(self) -> None:
         self._pending.fail_all(_closed_error)
         self._session.clear()  # a closed main has no windows (and wait_for_window raises Closed)
+        self._router.relay.wake()  # senders waiting for a window's room see it gone
         self._presence.wake_all()
         with self._router_s.lock, self._pub_s.lock:
             self._sockets.close_monitors()

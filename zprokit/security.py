@@ -411,6 +411,10 @@ class ZapHandler(Authenticator):
         """Let ``public_key`` in as window ``name`` (create_window's keys for its children)."""
         self._names[curve_key(public_key)] = name
 
+    def forget_key(self, public_key: bytes | str) -> None:
+        """No longer let ``public_key`` in (a child that was never started)."""
+        self._names.pop(curve_key(public_key), None)
+
     # the credentials provider of configure_curve_callback
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self._names:

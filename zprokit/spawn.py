@@ -91,8 +91,8 @@ def create_window(
     """Start a window process as ``spec`` says (its name, its main, the key) that runs ``target(window)``.
 
     ``target`` is a callable (cloudpickled, so a lambda or closure works) or
-    ``"module:function"``. The child connects to ``main`` with its key and
-    serializer, calls ``target`` with its connected ``Window``, and exits when
+    ``"module:function"``. The child connects to the main at ``spec.endpoint`` with
+    the spec's key and serializer (``Main.create_window`` writes the spec), calls ``target`` with its connected ``Window``, and exits when
     ``target`` returns (status 0; 1 if it raised). ``env`` adds environment
     variables; ``python`` picks the interpreter. Raises ``TypeError`` for a
     target that is neither.

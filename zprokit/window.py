@@ -151,10 +151,10 @@ class Window:
         self.exit_with_main = exit_with_main
         self.heartbeat, self.liveness = check_liveness(heartbeat, liveness)
         self.reconnect = reconnect
-        max_backoff = check_interval(max_backoff, "max_backoff")
-        give_up_after = None if give_up_after is None else check_timeout(give_up_after, "give_up_after")
+        self.max_backoff = check_interval(max_backoff, "max_backoff")
+        self.give_up_after = None if give_up_after is None else check_timeout(give_up_after, "give_up_after")
         self.close_reason: BaseException | None = None
-        self.is_ready = ready  # its callbacks are registered (see ready())
+        self._is_ready = ready  # its callbacks are registered (see ready())
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         self._linger_ms = int(linger * 1000)
@@ -174,7 +174,7 @@ class Window:
         self._stats: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
 
-        self._session = WindowSession(name, self.heartbeat, self.liveness, max_backoff, give_up_after)
+        self._session = WindowSession(name, self.heartbeat, self.liveness, self.max_backoff, self.give_up_after)
         self._dispatch = Dispatcher(f"zprokit-{name}", workers)
         self._loop = IOLoop(f"zprokit-{name}-io")
         self._pending = PendingRequests(self._loop, self._on_expired)
@@ -358,9 +358,9 @@ class Window:
         stats.update(self._stats)
         rejected = self._rejected.copy()
         sub = self._link.sub  # counted apart, on the I/O thread: see Subscriber
-        for key, count in sub.stats.items():
+        for key, count in dict(sub.stats).items():  # dict(...) copies in one step: the loop counts on
             stats[key] = stats.get(key, 0) + count
-        rejected.update(sub.rejected)
+        rejected.update(dict(sub.rejected))
         stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
         stats["requests_queued"] = len(self._inbox.serving)  # calls to us waiting for the callback pool, to be run
         stats["messages_queued"] = self._inbox.oneway_backlog  # one-way messages waiting for callbacks
@@ -373,17 +373,17 @@ class Window:
         or, with ``exit_with_main``, the main's goodbye). True if it closed in time.
 
         Waiting here means the window's callbacks are in place: it calls ``ready()`` first."""
-        self.check_fork()
+        self._check_fork()
         self.ready()
         return self._closed_event.wait(None if timeout is None or timeout >= threading.TIMEOUT_MAX else timeout)
 
     def ready(self) -> None:
         """Tell the main this window's callbacks are registered: its ``wait_for_window`` returns.
         Idempotent; only needed for a window made with ``ready=False`` (as ``create_window``'s are)."""
-        self.check_fork()
-        if self.is_ready:
+        self._check_fork()
+        if self._is_ready:
             return
-        self.is_ready = True
+        self._is_ready = True
         self._link.send(Kind.READY, 0, "", "", ())  # if not connected now, REGISTERED sends it
 
     # ------------------------------------------------------------------ lifecycle
@@ -415,34 +415,29 @@ class Window:
     def __repr__(self) -> str:
         return f"<zprokit.Window {self.name!r} -> {self.endpoint}{' closed' if self._closed else ''}>"
 
-    def check_fork(self) -> None:
+    def _check_fork(self) -> None:
         """``Closed`` in a child forked after this window was made: its sockets are the parent's."""
         check_forked(self._born, f"window {self.name!r}", self._pid)
 
     def _check_open(self) -> None:
-        self.check_fork()
+        self._check_fork()
         if self._closed:
             reason = self.close_reason
             raise Closed(f"window {self.name!r} is closed{f': {reason!r}' if reason else ''}") from reason
 
-    # --- what the link tells (I/O thread) -------------------------------------------
+    # --- what the link tells (I/O thread; _link.Link is this class's friend) ------------
 
-    @property
-    def joined(self) -> bool:
-        """The first handshake has ended (the constructor has returned or is raising)."""
-        return self._joined.is_set()
-
-    def handshake_failed(self, error: BaseException) -> None:
+    def _handshake_failed(self, error: BaseException) -> None:
         """The first handshake failed: the constructor raises ``error``."""
         self._handshake_error = error
         self._joined.set()
 
-    def registered(self) -> None:
+    def _registered(self) -> None:
         if self._joined.is_set():
             log.warning("window %r: reconnected to the main at %s", self.name, self.endpoint)
         self._joined.set()
 
-    def close_in_background(self, reason: BaseException | None) -> None:
+    def _close_in_background(self, reason: BaseException | None) -> None:
         """Close from a thread of its own (the I/O thread cannot join itself); ``reason``: why."""
         if self.close_reason is None:
             self.close_reason = reason
@@ -458,7 +453,7 @@ class Window:
         failed = f"window {self.name!r}'s I/O thread failed"
         self._pending.fail_all(lambda future: closed_by_failure(f"{future.description}: {failed}", exc))
         if not self._joined.is_set():  # the constructor waits: it raises this
-            self.handshake_failed(closed_by_failure(f"the handshake: {failed}", exc))
+            self._handshake_failed(closed_by_failure(f"the handshake: {failed}", exc))
         threading.Thread(target=self.close, name=f"zprokit-{self.name}-close", daemon=True).start()
 
     def _close_sockets(self) -> None:

@@ -374,8 +374,11 @@ class MainSession:
         self._guard.forget(name)
         for topic in [t for t, n in self._awaiting_sub.items() if n == name]:
             del self._awaiting_sub[topic]
-        for key in [k for k in self.serving if k[0] == name]:  # nobody to answer: never started
-            self.serving.pop(key).cancelled = True
+        # list(...) copies in one step: handler threads pop from the table meanwhile
+        for key, call in list(self.serving.items()):  # nobody to answer: never started
+            if key[0] == name:
+                call.cancelled = True
+                self.serving.pop(key, None)
         return peer
 
     def routes_to(self, name: str) -> list[Route]:

@@ -99,7 +99,10 @@ class WindowSession:
         ``Rejected`` for an answer to another handshake of ours."""
         if msg.peer_session != self.session:
             raise Rejected("stale_session")
-        body = protocol.decode_body(msg.payload)
+        try:
+            body = protocol.decode_body(msg.payload)
+        except Rejected as e:  # signed by the main, so not noise: a main we cannot understand
+            raise HandshakeFailed(ProtocolError(f"the main's {msg.kind.name} is malformed: {e}")) from e
         if msg.kind == Kind.REFUSE:
             message = f"the main refused window {self.name!r}: {body.get('message')}"
             reason = body.get("reason")
@@ -203,7 +206,7 @@ class WindowSession:
         lost_for = now - (self.lost_at if self.lost_at is not None else now)
         if self.give_up_after is not None and lost_for >= self.give_up_after:
             return None
-        delay = min(self.max_backoff, 0.05 * 2.0**self.failures) * self._random(0.5, 1.5)
+        delay = min(self.max_backoff, 0.05 * 2.0 ** min(self.failures, 64)) * self._random(0.5, 1.5)
         self.failures += 1
         return delay
 
