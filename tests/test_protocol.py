@@ -260,7 +260,8 @@ def test_validly_signed_but_unparsable_headers_are_malformed():
     for bad in (head[:10], head + b"x", head[:-1], bad_kind, bad_utf8):
         assert reason(signed(bad, b"payload")) == "malformed"
     assert unpack(SIGNER, signed(head)).source == "ab"  # the control: unaltered, it parses
-    inline_at = slice(len(head) - 2 - 4, len(head) - 2)  # the fixed part's last field, before "ab"
+    # the fixed part's inline length: before its timeout_ms and count (4 bytes each), then "ab"
+    inline_at = slice(len(head) - 2 - 12, len(head) - 2 - 8)
     # an inline length that runs past the head
     lying = bytearray(head)
     lying[1] |= 0x80

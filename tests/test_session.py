@@ -24,7 +24,7 @@ from zprokit.protocol import (
     encode_body, pack, routing_id, unpack,
 )
 from zprokit.session import (
-    MAIN_NAME, Contest, HandshakeFailed, MainRestarted, MainSession, Peer, QueuedCall, Refuse, ReplayGuard, Route,
+    MAIN_NAME, Contest, HandshakeFailed, MainRestarted, MainSession, Peer, Refuse, ReplayGuard, Route,
     Unwelcome, Welcome, WindowSession,
 )
 
@@ -497,14 +497,24 @@ def test_a_join_that_never_subscribes_is_forgotten_and_its_session_retired(main,
     assert rejected(main.session.register, win.ident, replayed, T0 + 11).reason == "replay"
 
 
-def test_drop_cancels_the_windows_queued_calls_and_only_its(main, win):
-    join(main, win)
-    mine, other = QueuedCall(), QueuedCall()
-    main.session.serving.update({("w", 5): mine, ("v", 5): other})
+class Call:
+    """A call being served, as the node keeps it: counts the cancels it gets."""
+
+    def __init__(self) -> None:
+        self.cancels = 0
+
+    def cancel(self) -> None:
+        self.cancels += 1
+
+
+def test_drop_cancels_the_windows_calls_and_only_its(main, win):
+    peer = join(main, win)
+    mine, other = Call(), Call()
+    main.session.serving.update({(peer.session, 5): mine, (b"another window's", 5): other})
     assert main.session.drop("w").name == "w"
-    assert mine.cancelled and not other.cancelled
-    assert main.session.serving == {("v", 5): other}
+    assert (mine.cancels, other.cancels) == (1, 0)
     assert main.session.drop("w") is None  # once
+    assert mine.cancels == 1
 
 
 def test_drop_retires_the_session_so_a_later_message_is_rejected(main, win):
@@ -530,12 +540,15 @@ def test_a_dropped_window_rejoins_under_a_new_session(main, win):
     assert peer.ident != old_ident and main.session.admit(win.ident, win.send(Kind.PING), T0 + 1) is peer
 
 
-def test_cancel_served_cancels_a_queued_call_once(main):
-    call = QueuedCall()
-    main.session.serving[("w", 9)] = call
-    main.session.cancel_served("w", 9)
-    assert call.cancelled and main.session.serving == {}
-    main.session.cancel_served("w", 9)  # already gone: nothing to do
+def test_cancel_served_cancels_that_call_of_that_window(main, win):
+    peer = join(main, win)
+    call, same_id_of_another = Call(), Call()
+    main.session.serving.update({(peer.session, 9): call, (b"another window's", 9): same_id_of_another})
+    main.session.cancel_served(peer, 9)
+    assert (call.cancels, same_id_of_another.cancels) == (1, 0)
+    main.session.serving.clear()  # the call ended (the node pops it): a late CANCEL finds nothing
+    main.session.cancel_served(peer, 9)
+    assert call.cancels == 1
 
 
 # ============================================================================ calls in flight

@@ -65,11 +65,13 @@ class Dispatcher:
                 t.start()
         self._queue.put(fn)
 
-    def run_async(self, coro: Any, done: Callable[["concurrent.futures.Future[Any]"], None]) -> None:
-        """Run coroutine ``coro`` on this dispatcher's asyncio loop; ``done(future)`` when it ends."""
+    def run_async(self, coro: Any, done: Callable[["concurrent.futures.Future[Any]"], None]) -> Callable[[], bool]:
+        """Run coroutine ``coro`` on this dispatcher's asyncio loop; ``done(future)`` when it ends.
+        Returns what cancels its task (from any thread)."""
         loop = self._async_loop()
         cfut = asyncio.run_coroutine_threadsafe(coro, loop)
         cfut.add_done_callback(done)
+        return cfut.cancel
 
     def _async_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -151,11 +153,12 @@ def call_handler(
     handler: Callable[..., Any],
     args: tuple[Any, ...],
     done: Callable[[Any, BaseException | None], None],
-) -> None:
+) -> Callable[[], bool] | None:
     """Call ``handler(*args)`` here (a worker or the I/O thread) and report through ``done``.
 
     A coroutine result (``async def`` handlers) is run on the dispatcher's
-    asyncio loop and reported when it finishes.
+    asyncio loop and reported when it finishes; then this returns what
+    cancels its task (``None`` for a handler that has finished here).
 
     Whatever user code raises, ``SystemExit`` and other ``BaseException``s
     included, is reported through ``done``: the caller gets an answer and the
@@ -166,7 +169,7 @@ def call_handler(
         result = handler(*args)
     except BaseException as e:  # sys.exit() in a handler is the handler's error, not the node's end
         done(None, e)
-        return
+        return None
     if type(result) not in SYNC_RESULTS and inspect.isawaitable(result):
         async def wrap() -> tuple[Any, BaseException | None]:
             # Every outcome is a value here: asyncio re-raises SystemExit and KeyboardInterrupt out
@@ -183,8 +186,9 @@ def call_handler(
             done(*fut.result())
 
         try:
-            dispatcher.run_async(wrap(), finished)
+            return dispatcher.run_async(wrap(), finished)
         except BaseException as e:  # the dispatcher is closed
             done(None, e)
-        return
+        return None
     done(result, None)
+    return None

@@ -11,22 +11,25 @@ as one job per lane.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
+import time
 import traceback
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import protocol
 from ._callbacks import Listeners
+from ._calls import ServedCall, deadline_of
 from ._dispatch import Dispatcher, call_handler
 from ._ratelimit import RateLimitedLog
 from .errors import NoHandler, QueueFull
 from .events import Event
 from .protocol import Kind, Message
 from .serializers import Serializer
-from .session import MAIN_NAME, QueuedCall, WindowSession
+from .session import MAIN_NAME, WindowSession
 
 if TYPE_CHECKING:
     from ._link import Link
@@ -65,9 +68,9 @@ class Inbox:
         self._warn = RateLimitedLog(log)
         self.link: Link | None = None  # set once the link exists: answers and credit leave through it
         self.lock = threading.Lock()
-        # Calls waiting in the pool, by (the asking main's session, its msg_id), so a caller that
-        # gives up (CANCEL) stops them before they start (the loop adds, a worker pops).
-        self.serving: dict[tuple[bytes, int], QueuedCall] = {}
+        # Calls being served (waiting in the pool, or running), by (the asking main's session, its
+        # msg_id), so a caller that gives up (CANCEL) reaches them (the loop adds, their end pops).
+        self.serving: dict[tuple[bytes, int], ServedCall] = {}
         self.oneway_backlog = 0  # one-way messages queued for callbacks, not yet handled
         self.broadcast_backlog = 0  # broadcasts queued for callbacks, not yet handled
         self._request_backlog = 0  # calls handed to the pool and not yet taken (cancelled ones too)
@@ -109,23 +112,30 @@ class Inbox:
         if error is not None:
             self._send(Kind.ERROR, msg.msg_id, "", "", [protocol.encode_body(protocol.error_body(error, self._name))])
             return
-        serving = self.serving[(msg.session, msg.msg_id)] = QueuedCall()
+        call = self.serving[(msg.session, msg.msg_id)] = ServedCall()
+        event = dataclasses.replace(event, cancelled=call.token, deadline=deadline_of(msg.timeout_ms, time.time()))
         with self.lock:
             self._request_backlog += 1
-        self._dispatch.submit(functools.partial(self._answer_queued, serving, callbacks[0], event, msg))
+        self._dispatch.submit(functools.partial(self._answer_queued, call, callbacks[0], event, msg))
+
+    def calls(self) -> tuple[int, int]:
+        """``(queued, running)``: calls to be run, and calls whose callback runs."""
+        started = [call.started for call in list(self.serving.values())]  # a copy, in one step
+        return started.count(False), started.count(True)
 
     def cancel(self, msg: Message) -> None:
-        """The caller of our call ``msg_id`` gave up: if it has not started, it never will."""
-        serving = self.serving.pop((msg.session, msg.msg_id), None)
-        if serving is not None:
-            serving.cancelled = True
+        """The caller of our call ``msg_id`` gave up: not started, it never starts; running, its
+        callback is told. A call already answered is not here: nothing happens."""
+        call = self.serving.get((msg.session, msg.msg_id))
+        if call is not None and call.cancel():
+            self.serving.pop((msg.session, msg.msg_id), None)
 
     def drop_calls(self) -> None:
-        """The main is gone: nobody to answer, so calls not yet started never will be."""
+        """The main is gone: nobody to answer, so every call is stopped (each leaves as it ends)."""
         # list(...) copies in one step: pool threads pop from the table meanwhile
-        for serving in list(self.serving.values()):
-            serving.cancelled = True
-        self.serving.clear()
+        for key, call in list(self.serving.items()):
+            if call.cancel():
+                self.serving.pop(key, None)
 
     def broadcast(self, topic: str, payload: Any) -> bool:
         """A broadcast on ``topic``; False once ``max_queued`` wait (stop reading the SUB)."""
@@ -192,15 +202,15 @@ class Inbox:
         if resume and self.link is not None:
             self.link.resume_broadcasts()
 
-    def _answer_queued(self, serving: QueuedCall, cb: Callable[..., Any], event: Event, msg: Message) -> None:
+    def _answer_queued(self, call: ServedCall, cb: Callable[..., Any], event: Event, msg: Message) -> None:
         """``_answer`` on the pool, unless the caller gave up while the call waited (CANCEL)."""
-        self.serving.pop((msg.session, msg.msg_id), None)  # one step: a CANCEL may pop it meanwhile
         with self.lock:
             self._request_backlog -= 1
-            if serving.cancelled:
+            if call.cancelled:
+                self.serving.pop((msg.session, msg.msg_id), None)
                 self._stats["cancelled_before_start"] += 1
                 return
-        self._answer(cb, event, msg)
+        self._answer(call, cb, event, msg)
 
     def _notify(self, cb: Callable[..., Any], event: Event, args: Any) -> None:
         """Call a one-way or broadcast callback; an ``async def`` one is awaited, as for calls."""
@@ -213,13 +223,15 @@ class Inbox:
 
         call_handler(self._dispatch, cb, (event, args), done)
 
-    def _answer(self, cb: Callable[..., Any], event: Event, msg: Message) -> None:
-        msg_id = msg.msg_id
+    def _answer(self, call: ServedCall, cb: Callable[..., Any], event: Event, msg: Message) -> None:
+        msg_id, key = msg.msg_id, (msg.session, msg.msg_id)
         session = self._session
         asked_by, asked_as = msg.session, session.session  # the main that asked, and us then
+        call.started = True
 
         def done(result: Any, exc: BaseException | None) -> None:
-            if session.main_session != asked_by or session.session != asked_as:
+            self.serving.pop(key, None)
+            if call.cancelled or session.main_session != asked_by or session.session != asked_as:
                 # Another main (a restart) or another incarnation of us numbers its calls afresh:
                 # it must never get this answer.
                 with self.lock:
@@ -242,7 +254,11 @@ class Inbox:
         except Exception as e:
             done(None, e)
             return
-        call_handler(self._dispatch, cb, (event, args), done)
+        stop = call_handler(self._dispatch, cb, (event, args), done)
+        if stop is not None:  # an async callback, running on: a CANCEL cancels its task
+            call.stop = stop
+            if call.cancelled:  # the CANCEL came while it started
+                stop()
 
     def _send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any) -> None:
         if self.link is not None:

@@ -445,7 +445,7 @@ class Link:
                 raise MessageTooLarge(size, limit, MAIN_NAME)
 
     def send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False,
-             raise_full: bool = False) -> bool:
+             raise_full: bool = False, timeout_ms: int = 0, count: int = 0, flags: int = 0) -> bool:
         """Number, sign and send to the main, from any thread; False if not connected.
 
         A full queue to the main (its high-water mark) is counted in
@@ -460,7 +460,8 @@ class Link:
             if dealer.closed or not (session.connected or force) or main_session is None:
                 return False
             frames = protocol.pack(self._signer, kind, msg_id, session.next_seq(), session.session, main_session,
-                                   self._name, target, channel, payload)
+                                   self._name, target, channel, payload, timeout_ms=timeout_ms, count=count,
+                                   flags=flags)
             try:
                 dealer.send_locked(frames)
             except zmq.Again as e:

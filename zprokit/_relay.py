@@ -84,7 +84,7 @@ class Relay:
         msg_id = self._session.add_route(source, msg.msg_id, target.name)
         try:
             sent = router.send_to(target.name, Kind.REQUEST, msg_id, msg.channel, msg.payload, origin=source,
-                                  raise_full=True)
+                                  raise_full=True, timeout_ms=msg.timeout_ms)
         except QueueFull as e:
             self._session.pop_route(msg_id)
             router.send_error(source, msg.msg_id, e)

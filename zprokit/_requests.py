@@ -31,6 +31,12 @@ class ReplyFuture(concurrent.futures.Future[_T]):
     shorter wait raises ``zprokit.Timeout`` too (a ``TimeoutError``) and leaves
     the request running.
 
+    ``cancel()`` on a call still pending returns True, fails the future with
+    ``CancelledError`` and tells the handler's side, whose handler sees
+    ``event.cancelled`` (or, ``async def``, is cancelled); cancelling an
+    asyncio task that awaits the future does the same. On a call already
+    answered it returns False and changes nothing.
+
     Generic in what it resolves to: requests give ``ReplyFuture[Any]`` (the
     peer's reply can be anything), ``render_msg_to_render`` ``ReplyFuture[None]``.
     """
@@ -39,9 +45,11 @@ class ReplyFuture(concurrent.futures.Future[_T]):
         self,
         description: str = "request",
         reader: Callable[["ReplyFuture[_T]", float | None], float | None] | None = None,
+        on_cancel: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.description = description
+        self._on_cancel = on_cancel  # the node's: forget the call, and tell its handler
         # A node that can read the answer on the waiting thread itself, sparing a thread
         # handoff: reader(future, timeout) waits and returns the time left (None: no limit).
         self._reader = reader
@@ -61,6 +69,14 @@ class ReplyFuture(concurrent.futures.Future[_T]):
             if self.done():
                 raise
             raise Timeout(f"{self.description}: no answer within {timeout} s") from None
+
+    def cancel(self) -> bool:
+        """Give up the call: True if it was still pending (its handler is told), else False."""
+        if not super().cancel():
+            return False
+        if self._on_cancel is not None:
+            self._on_cancel()
+        return True
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         try:

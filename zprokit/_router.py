@@ -283,7 +283,7 @@ class Router:
         if msg.target:
             self.relay.cancel(peer.name, msg.msg_id)
         else:
-            self.session.cancel_served(peer.name, msg.msg_id)
+            self.session.cancel_served(peer, msg.msg_id)
 
     def _on_bye(self, peer: Peer, msg: Message) -> None:
         self.drop(peer.name, "closed")
@@ -334,6 +334,9 @@ class Router:
         origin: str = "",
         served: bool = False,
         raise_full: bool = False,
+        timeout_ms: int = 0,
+        count: int = 0,
+        flags: int = 0,
     ) -> bool:
         """Sign and send to registered window ``name``; False if it cannot be reached (then it is dropped).
 
@@ -346,7 +349,8 @@ class Router:
         if peer is None:
             return False
         try:
-            if self._send_signed(peer.ident, kind, msg_id, peer.session, origin, name, payload, channel, served):
+            if self._send_signed(peer.ident, kind, msg_id, peer.session, origin, name, payload, channel, served,
+                                 timeout_ms=timeout_ms, count=count, flags=flags):
                 return True
         except QueueFull:
             if raise_full:
@@ -367,7 +371,8 @@ class Router:
         self.send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(protocol.error_body(exc, MAIN_NAME))])
 
     def _send_signed(self, ident: bytes, kind: Kind, msg_id: int, peer_session: bytes, source: str, target: str,
-                     payload: Any, channel: str = "", served: bool = False) -> bool:
+                     payload: Any, channel: str = "", served: bool = False, *, timeout_ms: int = 0, count: int = 0,
+                     flags: int = 0) -> bool:
         """Number, sign and send in one step under the ROUTER's lock, so numbers go out in order."""
         with self.sock.lock:
             if served:  # counted before it leaves, so a caller that has its answer sees the count
@@ -375,7 +380,8 @@ class Router:
             sent = False
             try:
                 frames = protocol.pack(self._signer, kind, msg_id, self.session.next_seq(), self.session.session,
-                                       peer_session, source, target, channel, payload)
+                                       peer_session, source, target, channel, payload, timeout_ms=timeout_ms,
+                                       count=count, flags=flags)
                 sent = self._send_locked(ident, frames)
             finally:
                 if served and not sent:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import protocol
+from ._calls import ServedCall, deadline_of
 from ._dispatch import Dispatcher, call_handler
 from .errors import MessageTooLarge, NoHandler, QueueFull
 from .events import Event
 from .protocol import Kind, Message
 from .serializers import Serializer
-from .session import MAIN_NAME, Peer, QueuedCall
+from .session import MAIN_NAME, Peer
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -49,16 +51,24 @@ class Server:
         self._backlog_lock = threading.Lock()
         self._replies: list[tuple[Peer, int, Any]] = []  # inline handlers' replies, until the batch ends
 
+    def calls(self) -> tuple[int, int]:
+        """``(queued, running)``: windows' calls to be run, and calls whose handler runs."""
+        started = [call.started for call in list(self._session.serving.values())]  # a copy, in one step
+        return started.count(False), started.count(True)
+
     def serve(self, peer: Peer, msg: Message) -> None:
         """Run the handler of ``msg.channel`` for window ``peer``'s request (I/O thread): here if
-        it is inline, else on the pool, which answers from there."""
+        it is inline, else on the pool, which answers from there. The call is kept in the
+        session's ``serving`` until it ends, so a CANCEL (or the window leaving) reaches it."""
         entry = self._handlers.get(msg.channel)
         if entry is None:
             self._router.send_error(peer.name, msg.msg_id, NoHandler(msg.channel, MAIN_NAME))
             return
         handler, inline = entry
+        call, key = ServedCall(), (peer.session, msg.msg_id)
         if inline:
-            self._run(peer, handler, msg)
+            self._session.serving[key] = call  # an async inline handler runs on: it can be cancelled
+            self._run(call, key, peer, handler, msg)
             return
         # Bounded by what waits in the pool, cancelled calls included (they leave when a
         # thread takes them): the caller is told, nothing piles up.
@@ -68,41 +78,53 @@ class Server:
                 MAIN_NAME, f"the main has {self._backlog} calls waiting for its handlers (its max_queued): "
                            "try again later"))
             return
-        serving = self._session.serving[(peer.name, msg.msg_id)] = QueuedCall()
+        self._session.serving[key] = call
         with self._backlog_lock:
             self._backlog += 1
-        self._dispatch.submit(functools.partial(self._run_queued, serving, peer, handler, msg))
+        self._dispatch.submit(functools.partial(self._run_queued, call, key, peer, handler, msg))
 
-    def _run_queued(self, serving: QueuedCall, peer: Peer, handler: Callable[..., Any], msg: Message) -> None:
+    def _run_queued(self, call: ServedCall, key: tuple[bytes, int], peer: Peer, handler: Callable[..., Any],
+                    msg: Message) -> None:
         """On the pool: run it, unless the caller gave up while the request waited (CANCEL)."""
-        self._session.serving.pop((peer.name, msg.msg_id), None)  # one step: a CANCEL may pop it meanwhile
         with self._backlog_lock:
             self._backlog -= 1
-        if serving.cancelled:
+        if call.cancelled:
+            self._session.serving.pop(key, None)
             with self._router.sock.lock:  # the router's counters: the loop's and the senders'
                 self._router.stats["cancelled_before_start"] += 1
             return
-        self._run(peer, handler, msg)
+        self._run(call, key, peer, handler, msg)
 
-    def _run(self, peer: Peer, handler: Callable[..., Any], msg: Message) -> None:
-        done = self._answerer(peer, msg.msg_id)
+    def _run(self, call: ServedCall, key: tuple[bytes, int], peer: Peer, handler: Callable[..., Any],
+             msg: Message) -> None:
+        call.started = True
+        done = self._answerer(call, key, peer, msg.msg_id)
         try:
             args = self._serializer.loads(msg.payload)
         except Exception as e:
             done(None, e)
             return
-        call_handler(self._dispatch, handler, (Event(peer.name, msg.channel, "request", None, MAIN_NAME), args), done)
+        event = Event(peer.name, msg.channel, "request", None, MAIN_NAME, False, call.token,
+                      deadline_of(msg.timeout_ms, time.time()))
+        stop = call_handler(self._dispatch, handler, (event, args), done)
+        if stop is not None:  # an async handler, running on: a CANCEL cancels its task
+            call.stop = stop
+            if call.cancelled:  # the CANCEL came while it started
+                stop()
 
-    def _answerer(self, asker: Peer, msg_id: int) -> Callable[[Any, BaseException | None], None]:
+    def _answerer(self, call: ServedCall, key: tuple[bytes, int], asker: Peer,
+                  msg_id: int) -> Callable[[Any, BaseException | None], None]:
         """The ``done(result, exc)`` that answers request ``msg_id`` of window ``asker``.
 
-        Only the window that asked: one that restarted under the same name meanwhile
-        numbers its calls afresh, and must never get another incarnation's answer."""
+        Only the window that asked, and only if it still waits: one that restarted under the
+        same name meanwhile numbers its calls afresh, and must never get another
+        incarnation's answer; one that cancelled the call has forgotten it."""
         name = asker.name
-        windows = self._session.windows
+        windows, serving = self._session.windows, self._session.serving
 
         def done(result: Any, exc: BaseException | None) -> None:
-            if windows.get(name) is not asker:
+            serving.pop(key, None)
+            if call.cancelled or windows.get(name) is not asker:
                 with self._router.sock.lock:
                     self._router.stats["late_answers"] += 1  # its caller is gone: nobody to answer
                 return

@@ -32,6 +32,7 @@ class _MainStatsAlways(TypedDict):
     pending_requests: int  # main_call_render calls awaiting an answer
     pending_routes: int  # window -> window requests being carried
     requests_queued: int  # windows' requests waiting for the handler pool
+    requests_running: int  # windows' requests whose handler runs (async ones included)
     rejected: dict[str, int]
 
 
@@ -54,6 +55,7 @@ class _WindowStatsAlways(TypedDict):
     cancelled_before_start: int
     pending_requests: int  # calls awaiting an answer
     requests_queued: int  # calls to this window waiting for the callback pool
+    requests_running: int  # calls to this window whose callback runs
     rejected: dict[str, int]
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._calls import Cancelled
 
 __all__ = ["Event", "WindowInfo"]
 
@@ -18,6 +23,12 @@ class Event:
     ``topic`` is set for broadcasts only; ``kind`` is ``"request"`` (the
     callback's return value is the reply), ``"message"`` (one-way) or
     ``"broadcast"``; ``receiver`` names the node that got it.
+
+    For a request: ``cancelled`` says whether its caller gave up (it
+    cancelled the call, or its timeout passed): ``cancelled.is_set()``,
+    ``cancelled.wait(timeout)``; a long handler looks now and then and stops
+    early. ``deadline`` is when the caller stops waiting (a ``time.time()``
+    value; ``None``: no limit), and ``time_remaining()`` the seconds until then.
     """
 
     sender: str
@@ -26,6 +37,12 @@ class Event:
     topic: str | None = None
     receiver: str = ""
     from_main: bool = False
+    cancelled: Cancelled | None = None
+    deadline: float | None = None
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the caller's deadline (0 once it has passed); ``None``: no deadline."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.time())
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ import zmq
 
 from . import _env, protocol
 from ._callbacks import DEFAULT_CHANNEL, F, registrar
+from ._calls import timeout_ms
 from ._common import (
     DEFAULT_TIMEOUT,
     check_channel,
@@ -309,12 +310,13 @@ class Main:
         """
         peer, payload = self._prepare(name, msg, channel)
         limit = self.request_timeout if timeout is None else check_timeout(timeout)
-        future: ReplyFuture[Any] = ReplyFuture(f"main_call_render({peer.name!r}, channel={channel!r})")
-        future.set_running_or_notify_cancel()
         msg_id = self._session.next_id()
+        future: ReplyFuture[Any] = ReplyFuture(f"main_call_render({peer.name!r}, channel={channel!r})",
+                                               on_cancel=functools.partial(self._cancel_call, msg_id, peer.name))
         self._pending.add(msg_id, future, limit, target=peer.name)
         try:
-            sent = self._router.send_to(peer.name, Kind.REQUEST, msg_id, channel, payload, raise_full=True)
+            sent = self._router.send_to(peer.name, Kind.REQUEST, msg_id, channel, payload, raise_full=True,
+                                        timeout_ms=timeout_ms(limit))
         except BaseException:  # QueueFull, or anything else: no entry is left behind
             self._pending.pop(msg_id)
             raise
@@ -429,7 +431,7 @@ class Main:
         stats["windows"] = len(self._session.windows)
         stats["pending_requests"] = len(self._pending)  # main_call_render calls awaiting an answer
         stats["pending_routes"] = len(self._session.routes)  # window -> window requests being carried
-        stats["requests_queued"] = len(self._session.serving)  # windows' requests waiting for the pool
+        stats["requests_queued"], stats["requests_running"] = self._router.server.calls()  # windows' calls
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._router.rejected}
         return cast(MainStats, stats)
 
@@ -496,6 +498,11 @@ class Main:
         threading.Thread(target=self.close, name="zprokit-main-close", daemon=True).start()
 
     # ================================================================== on the I/O thread
+
+    def _cancel_call(self, msg_id: int, name: str) -> None:
+        """The caller cancelled the future of ``msg_id``: forget it, and tell the window's callback."""
+        if self._pending.pop(msg_id) is not None:
+            self._router.send_to(name, Kind.CANCEL, msg_id)
 
     def _on_expired(self, msg_id: int, target: str | None) -> None:
         """Our ``main_call_render`` ``msg_id`` timed out: tell the window, so it does not start it late."""

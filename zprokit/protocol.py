@@ -81,7 +81,7 @@ __all__ = [
     "wire_size",
 ]
 
-VERSION = b"ZPK4/blake3keyed"  # ZPK4: CANCEL, READY, UNHANDLED, CREDIT, the PUB heartbeat (ZPK3 had none)
+VERSION = b"ZPK5/blake3keyed"  # ZPK5: the header carries timeout_ms and count; streams, group calls (ZPK4: CANCEL ...)
 # The MAC key is derived from the shared key (any length) with BLAKE3's key derivation.
 _MAC_KEY_CONTEXT = "zprokit 2026-11-24 message authentication, protocol ZPK3"
 SESSION_SIZE = 16
@@ -97,9 +97,10 @@ CONTROL_PREFIX = b"C"
 # a window that hears nothing on its SUB for heartbeat * liveness knows the link is dead.
 HEARTBEAT_TOPIC = b"H"
 INLINE_MAX = 64 * 1024  # a first payload part up to this size rides in the head frame
-FLAG_INLINE = 0x80  # header flag: the first payload part is inside the head
+FLAG_INLINE = 0x80  # header flag: the first payload part is inside the head (the framing's own)
+FLAG_GROUP = 0x01  # header flag: ``target`` names a group of windows, not one window (call_any)
 
-_FIXED = struct.Struct("<BBQQ16s16sHHHI")
+_FIXED = struct.Struct("<BBQQ16s16sHHHIII")
 _MIN_HEAD = 16 + _FIXED.size + 32  # VERSION, the fixed header, the MAC
 _LEN = struct.Struct("<Q")
 _MAX_STR = 0xFFFF
@@ -128,6 +129,10 @@ class Kind(enum.IntEnum):
     READY = 25  # window -> main: its callbacks are registered (create_window's windows)
     UNHANDLED = 26  # window -> main: a one-way message on ``channel`` found no callback
     CREDIT = 27  # window -> main: ``msg_id`` more one-way messages handled: send that many more
+    STREAM = 28  # a call that wants a stream of ITEMs then END; ``count``: the items it may send ahead
+    ITEM = 29  # one item of stream ``msg_id``
+    END = 30  # stream ``msg_id`` is over: no payload, or an error body (JSON) as ERROR has
+    MORE = 31  # the consumer of stream ``msg_id`` took ``count`` more items: send that many more
 
 
 _KINDS.update((int(k), k) for k in Kind)
@@ -155,6 +160,9 @@ class Message:
     target: str = ""
     channel: str = ""
     payload: tuple[Any, ...] = ()
+    timeout_ms: int = 0  # REQUEST, STREAM: the caller's timeout in ms (0: none), for the handler's deadline
+    count: int = 0  # STREAM, MORE: items of credit; a group REQUEST: how many times it may be retried
+    flags: int = 0  # FLAG_GROUP (FLAG_INLINE is the framing's own and never shows here)
 
 
 # A window's routing id is b"name\0" + a 32-character nonce (routing_id), and ZeroMQ allows 255 bytes.
@@ -334,6 +342,10 @@ def pack(
     channel: str = "",
     payload: Sequence[Any] = (),
     topic: bytes | None = None,
+    *,
+    timeout_ms: int = 0,
+    count: int = 0,
+    flags: int = 0,
 ) -> list[Any]:
     """The signed frames of a message; ``topic`` (the PUB topic frame) only for broadcasts.
 
@@ -348,15 +360,17 @@ def pack(
         raise ValueError(f"sessions are {SESSION_SIZE} bytes")
     rest: Sequence[Any] = payload
     first: Any = b""
-    flags = inline = 0
+    flags &= ~FLAG_INLINE
+    inline = 0
     if payload:
         first = payload[0]
         inline = len(first) if type(first) is bytes else memoryview(first).nbytes
         if inline <= INLINE_MAX:
-            flags, rest = FLAG_INLINE, payload[1:] if len(payload) > 1 else ()
+            flags, rest = flags | FLAG_INLINE, payload[1:] if len(payload) > 1 else ()
         else:
             first, inline = b"", 0
-    fixed = _FIXED.pack(kind, flags, msg_id, seq, session, peer_session, len(src), len(tgt), len(chan), inline)
+    fixed = _FIXED.pack(kind, flags, msg_id, seq, session, peer_session, len(src), len(tgt), len(chan), inline,
+                        timeout_ms, count)
     body = b"".join((VERSION, fixed, src, tgt, chan, first))
     if not rest and topic is None:  # one frame: most messages
         return [body + signer._mac_of_head(body, len(body))]
@@ -396,7 +410,8 @@ def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None
         mac = signer._mac_of_head(body, size - MAC_SIZE)
     if not hmac.compare_digest(mac, head[-MAC_SIZE:]):
         raise Rejected("bad_signature")
-    kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline = _FIXED.unpack_from(body, len(VERSION))
+    kind, flags, msg_id, seq, session, peer, ls, lt, lc, inline, timeout_ms, count = _FIXED.unpack_from(
+        body, len(VERSION))
     pos = len(VERSION) + _FIXED.size
     end = pos + ls + lt + lc
     if flags & FLAG_INLINE:
@@ -418,7 +433,8 @@ def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None
         payload = (body[end:], *rest) if rest else (body[end:],)
     else:
         payload = tuple(rest)
-    return Message(kind, msg_id, seq, session, peer, source, target, channel, payload)
+    return Message(kind, msg_id, seq, session, peer, source, target, channel, payload, timeout_ms, count,
+                   flags & ~FLAG_INLINE)
 
 
 def _topic_matches(topic: bytes, kind: int, channel: str) -> bool:

@@ -15,6 +15,7 @@ See docs/architecture.md for the threads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ import zmq
 
 from . import _env, protocol
 from ._callbacks import DEFAULT_CHANNEL, F, Listeners, registrar
+from ._calls import timeout_ms
 from ._common import (
     DEFAULT_TIMEOUT,
     check_channel,
@@ -291,15 +293,17 @@ class Window:
         timeout = self.request_timeout if timeout is None else check_timeout(timeout)
         payload = self.serializer.dumps(msg)
         self._link.check_size(payload, target, channel)
-        future: ReplyFuture[Any] = ReplyFuture(description, self._link.read_for)
-        future.set_running_or_notify_cancel()
+        msg_id = self._session.next_id()
+        # What to CANCEL when it times out or is cancelled: the main's handler (""), or a window's
+        # (its name); a one-way message (None) has nothing to cancel.
+        callee = target if kind == Kind.REQUEST else None
+        future: ReplyFuture[Any] = ReplyFuture(description, self._link.read_for,
+                                               functools.partial(self._cancel_call, msg_id, callee))
         if self._session.connected:
-            msg_id = self._session.next_id()
-            # What to CANCEL when it times out: the main's handler (""), or a window's (its name);
-            # a one-way message (None) has nothing to cancel.
-            self._pending.add(msg_id, future, timeout, target if kind == Kind.REQUEST else None)
+            self._pending.add(msg_id, future, timeout, callee)
             try:
-                if self._link.send(kind, msg_id, target, channel, payload, raise_full=True):
+                if self._link.send(kind, msg_id, target, channel, payload, raise_full=True,
+                                   timeout_ms=timeout_ms(timeout)):
                     return future
             except BaseException:  # QueueFull, or anything else: no entry is left behind
                 self._pending.pop(msg_id)
@@ -307,6 +311,11 @@ class Window:
             self._pending.pop(msg_id)
         fail(future, PeerLost(f"{description}: not connected to the main"))
         return future
+
+    def _cancel_call(self, msg_id: int, callee: str | None) -> None:
+        """The caller cancelled the future of ``msg_id``: forget it, and tell its handler."""
+        if self._pending.pop(msg_id) is not None and callee is not None:
+            self._link.send(Kind.CANCEL, msg_id, callee, "", ())
 
     def _on_expired(self, msg_id: int, target: str | None) -> None:
         """A request timed out: tell its callee (through the main), which then does not start it."""
@@ -362,7 +371,7 @@ class Window:
             stats[key] = stats.get(key, 0) + count
         rejected.update(dict(sub.rejected))
         stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
-        stats["requests_queued"] = len(self._inbox.serving)  # calls to us waiting for the callback pool, to be run
+        stats["requests_queued"], stats["requests_running"] = self._inbox.calls()  # calls to us
         stats["messages_queued"] = self._inbox.oneway_backlog  # one-way messages waiting for callbacks
         stats["broadcasts_queued"] = self._inbox.broadcast_backlog  # broadcasts waiting for callbacks
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **rejected}

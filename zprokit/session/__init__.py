@@ -19,13 +19,13 @@ ZeroMQ (``tests/test_session.py``), and both nodes share one copy of each
 check. Callers serialize their use of a session (the node's I/O thread).
 """
 
-from ._guard import BROADCAST_STREAM, MAIN_NAME, QueuedCall, ReplayGuard
+from ._guard import BROADCAST_STREAM, MAIN_NAME, Cancellable, ReplayGuard
 from ._main import Contest, HelloDecision, MainSession, Peer, Refuse, Route, Settled, Unwelcome, Welcome
 from ._window import HandshakeFailed, Joining, MainRestarted, WindowSession
 
 __all__ = [
     "ReplayGuard",
-    "QueuedCall",
+    "Cancellable",
     "Peer",
     "Route",
     "Welcome",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol
 
-__all__ = ["ReplayGuard", "QueuedCall", "MAIN_NAME", "BROADCAST_STREAM"]
+__all__ = ["ReplayGuard", "Cancellable", "MAIN_NAME", "BROADCAST_STREAM"]
 
 MAIN_NAME = "main"
 BROADCAST_STREAM = 1  # the PUB's numbers: a stream of their own beside the ROUTER's
@@ -80,10 +81,11 @@ class ReplayGuard:
             self._retired.popitem(last=False)
 
 
-class QueuedCall:
-    """A call waiting in a handler pool; ``cancelled`` once its caller gave up (CANCEL): never started."""
+class Cancellable(Protocol):
+    """A call being served, as the session keeps it: what a CANCEL (or the caller leaving) does."""
 
-    __slots__ = ("cancelled",)
+    started: bool
 
-    def __init__(self) -> None:
-        self.cancelled = False
+    def cancel(self) -> bool:
+        """Stop it; True if it had not started (it never will: forget it now)."""
+        ...

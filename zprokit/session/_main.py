@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, NoReturn
 from .. import protocol
 from ..events import WindowInfo
 from ..protocol import Kind, Message, Rejected, check_window_name, normalize_name
-from ._guard import QueuedCall, ReplayGuard
+from ._guard import Cancellable, ReplayGuard
 
 __all__ = ["Peer", "Route", "Welcome", "Refuse", "Contest", "HelloDecision", "Settled", "Unwelcome", "MainSession"]
 
@@ -152,9 +152,9 @@ class MainSession:
         self.capped: dict[str, Peer] = {}  # registered windows that announced a max_payload
         self.by_fd: dict[int, str] = {}  # registered windows by their connection's descriptor
         self.routes: dict[int, Route] = {}  # window -> window requests in flight, by our msg_id
-        # Windows' requests waiting for a handler thread, so a caller that gives up (CANCEL) stops
-        # them before they start; gone once they start (the I/O thread adds, a worker pops).
-        self.serving: dict[tuple[str, int], QueuedCall] = {}
+        # Windows' requests being served (waiting for a handler thread, or running), so a caller
+        # that gives up (CANCEL) or leaves reaches them; the I/O thread adds, the end of the call pops.
+        self.serving: dict[tuple[bytes, int], Cancellable] = {}  # by (the window's session, its msg_id)
         self._route_ids: dict[tuple[str, int], int] = {}  # (source, its msg_id) -> our msg_id
         self._joining: dict[str, Peer] = {}  # REGISTER seen, the control subscription not yet
         self._contests: dict[str, _Contest] = {}
@@ -375,9 +375,8 @@ class MainSession:
         for topic in [t for t, n in self._awaiting_sub.items() if n == name]:
             del self._awaiting_sub[topic]
         # list(...) copies in one step: handler threads pop from the table meanwhile
-        for key, call in list(self.serving.items()):  # nobody to answer: never started
-            if key[0] == name:
-                call.cancelled = True
+        for key, call in list(self.serving.items()):  # nobody to answer: stopped
+            if key[0] == peer.session and call.cancel():
                 self.serving.pop(key, None)
         return peer
 
@@ -426,11 +425,12 @@ class MainSession:
         route = None if msg_id is None else self.pop_route(msg_id)
         return None if route is None or msg_id is None else (msg_id, route)
 
-    def cancel_served(self, name: str, msg_id: int) -> None:
-        """Window ``name`` gave up its request ``msg_id``: if it waits for a handler, it never starts."""
-        serving = self.serving.pop((name, msg_id), None)
-        if serving is not None:
-            serving.cancelled = True
+    def cancel_served(self, peer: Peer, msg_id: int) -> None:
+        """Window ``peer`` gave up its request ``msg_id``: not started, it never starts; running,
+        its handler is told. A call already answered is not here: nothing happens."""
+        call = self.serving.get((peer.session, msg_id))
+        if call is not None and call.cancel():
+            self.serving.pop((peer.session, msg_id), None)
 
 
 def int_field(body: dict[str, Any], key: str) -> int:

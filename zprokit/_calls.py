@@ -1,0 +1,86 @@
+"""A call being served: whether its caller gave up, and how to stop it.
+
+The I/O thread registers each call it hands to a handler (by the caller's
+session or name and its message id), so that a CANCEL, the caller's timeout
+or the caller leaving reaches it: a call not started yet never starts; a
+running sync handler sees ``event.cancelled``; an ``async def`` handler's
+task is cancelled. The entry leaves when the handler ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+__all__ = ["Cancelled", "ServedCall", "deadline_of", "timeout_ms"]
+
+_MAX_MS = 2**32 - 1  # the header's timeout_ms is a u32: longer timeouts travel as "no limit"
+
+
+class Cancelled:
+    """``event.cancelled``: set once the caller gave up. ``is_set()``; ``wait(timeout)`` blocks
+    until then (or the timeout) and returns whether it is set, as ``threading.Event`` does."""
+
+    __slots__ = ("_set", "_event")
+    _lock = threading.Lock()  # creating the event a waiter needs (most calls never wait)
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        with Cancelled._lock:
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if self._set:  # set before the event existed
+            return True
+        return event.wait(timeout)
+
+    def set(self) -> None:
+        self._set = True
+        with Cancelled._lock:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def __repr__(self) -> str:
+        return f"<Cancelled {self._set}>"
+
+
+class ServedCall:
+    """A call handed to a handler: ``cancel()`` stops it if it has not started, and tells it if it has."""
+
+    __slots__ = ("started", "cancelled", "token", "stop")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.cancelled = False
+        self.token = Cancelled()
+        self.stop: Callable[[], object] | None = None  # cancels an async handler's task
+
+    def cancel(self) -> bool:
+        """Stop it; True if it had not started (it never will: forget it now)."""
+        self.cancelled = True
+        self.token.set()
+        stop = self.stop
+        if stop is not None:
+            stop()
+        return not self.started
+
+
+def timeout_ms(timeout: float) -> int:
+    """A caller's timeout (s; ``inf``: none) as the header carries it: ms, 0 for none."""
+    if timeout == float("inf") or timeout * 1000 >= _MAX_MS:
+        return 0
+    return max(1, int(timeout * 1000))
+
+
+def deadline_of(ms: int, now: float) -> float | None:
+    """The handler's ``event.deadline`` (a ``time.time()`` value) for a call with ``timeout_ms``."""
+    return None if ms == 0 else now + ms / 1000
