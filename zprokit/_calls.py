@@ -56,13 +56,14 @@ class Cancelled:
 class ServedCall:
     """A call handed to a handler: ``cancel()`` stops it if it has not started, and tells it if it has."""
 
-    __slots__ = ("started", "cancelled", "token", "stop")
+    __slots__ = ("started", "cancelled", "token", "stop", "more")
 
     def __init__(self) -> None:
         self.started = False
         self.cancelled = False
         self.token = Cancelled()
-        self.stop: Callable[[], object] | None = None  # cancels an async handler's task
+        self.stop: Callable[[], object] | None = None  # cancels an async handler's task, wakes a producer
+        self.more: Callable[[int], None] | None = None  # a stream's producer: its consumer's MORE
 
     def cancel(self) -> bool:
         """Stop it; True if it had not started (it never will: forget it now)."""

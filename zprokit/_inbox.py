@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from . import protocol
 from ._callbacks import Listeners
 from ._calls import ServedCall, deadline_of
+from ._streams import Credit, is_stream_handler, open_stream, produce
 from ._dispatch import Dispatcher, call_handler
 from ._ratelimit import RateLimitedLog
 from .errors import NoHandler, QueueFull
@@ -89,6 +90,9 @@ class Inbox:
         if msg.kind == Kind.REQUEST:
             self._call(callbacks, event, msg)
             return
+        if msg.kind == Kind.STREAM:
+            self._stream(callbacks, dataclasses.replace(event, kind="stream"), msg)
+            return
         if not callbacks:
             self._stats["unhandled"] += 1
             self._warn.warning("unhandled", "window %r: no callback for a message from %s on channel %r",
@@ -105,6 +109,9 @@ class Inbox:
         error: Exception | None = None
         if not callbacks:
             error = NoHandler(msg.channel, self._name)
+        elif is_stream_handler(callbacks[0]):  # its answer is a stream: the caller is told which call to use
+            error = TypeError(f"the callback of channel {msg.channel!r} of window {self._name!r} streams: call "
+                              f"{'render_stream_from_render' if msg.source else 'main_stream_from_render'}")
         elif self._request_backlog >= self._max_queued:  # bounded (cancelled ones too, until taken): told
             self._stats["refused_busy"] += 1
             error = QueueFull(self._name, f"window {self._name!r} has {self._request_backlog} calls waiting for "
@@ -117,6 +124,69 @@ class Inbox:
         with self.lock:
             self._request_backlog += 1
         self._dispatch.submit(functools.partial(self._answer_queued, call, callbacks[0], event, msg))
+
+    def _stream(self, callbacks: Sequence[Callable[..., Any]], event: Event, msg: Message) -> None:
+        """A STREAM: its callback's generator produces on the pool as the caller's credit allows."""
+        error: Exception | None = None
+        if not callbacks:
+            error = NoHandler(msg.channel, self._name)
+        elif self._request_backlog >= self._max_queued:
+            self._stats["refused_busy"] += 1
+            error = QueueFull(self._name, f"window {self._name!r} has {self._request_backlog} calls waiting")
+        if error is not None:
+            self._send(Kind.ERROR, msg.msg_id, "", "", [protocol.encode_body(protocol.error_body(error, self._name))])
+            return
+        call = self.serving[(msg.session, msg.msg_id)] = ServedCall()
+        gate = Credit(msg.count)  # made here, on the I/O thread, so no MORE can come before it
+        call.more, call.stop = gate.more, gate.wake
+        event = dataclasses.replace(event, cancelled=call.token, deadline=deadline_of(msg.timeout_ms, time.time()))
+        with self.lock:
+            self._request_backlog += 1
+        self._dispatch.submit(functools.partial(self._produce, call, gate, callbacks[0], event, msg))
+
+    def _produce(self, call: ServedCall, gate: Credit, cb: Callable[..., Any], event: Event, msg: Message) -> None:
+        key, msg_id, session = (msg.session, msg.msg_id), msg.msg_id, self._session
+        asked_by, asked_as = msg.session, session.session  # the main that asked, and us then
+        with self.lock:
+            self._request_backlog -= 1
+        if call.cancelled:
+            self.serving.pop(key, None)
+            return
+        call.started = True
+        link = self.link
+        assert link is not None
+
+        def current() -> bool:  # the same main and the same us: the consumer is still there
+            return session.main_session == asked_by and session.session == asked_as
+
+        def item(obj: Any) -> bool:
+            payload = self._serializer.dumps(obj)
+            link.check_size(payload, "", "")
+            return current() and link.send(Kind.ITEM, msg_id, "", "", payload, raise_full=True)
+
+        def end(error: BaseException | None) -> None:
+            if call.cancelled or not current():
+                return
+            body = [] if error is None else [protocol.encode_body(protocol.error_body(
+                error, self._name, "".join(traceback.format_exception(error)), from_handler=True))]
+            link.send(Kind.END, msg_id, "", "", body)
+
+        def done() -> None:
+            self.serving.pop(key, None)
+
+        one_shot = "render_call_render" if msg.source else "main_call_render"
+        stream = open_stream(cb, event, self._serializer, msg, one_shot)
+        if isinstance(stream, BaseException):
+            end(stream)
+            done()
+            return
+        produce(self._dispatch, call, stream, gate, item, end, done)
+
+    def more(self, msg: Message) -> None:
+        """The consumer of our stream ``msg_id`` took ``count`` more items."""
+        call = self.serving.get((msg.session, msg.msg_id))
+        if call is not None and call.more is not None:
+            call.more(msg.count)
 
     def calls(self) -> tuple[int, int]:
         """``(queued, running)``: calls to be run, and calls whose callback runs."""

@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -31,6 +32,7 @@ from ._inbox import Inbox
 from ._loop import IOLoop, SharedSocket
 from ._ratelimit import RateLimitedLog
 from ._requests import PendingRequests, ReplyFuture, fail
+from ._streams import ReplyStream
 from ._subscriber import Subscriber
 from .errors import AuthenticationError, Closed, MessageTooLarge, PeerLost, ProtocolError, QueueFull, Timeout
 from .protocol import Kind, Message, Rejected
@@ -73,6 +75,9 @@ class Link:
                               max_payload=window.max_payload, on_broadcast=inbox.broadcast,
                               on_rejected=self.log_rejected, begin_batch=inbox.begin_batch, end_batch=inbox.end_batch)
         self._hello_ready = False  # what the last HELLO said of ready()
+        # This window's streams (render_stream_from_main/_render), by msg_id; weak: a stream its
+        # consumer dropped goes (and has told its producer: see ReplyStream.__del__).
+        self.streams: weakref.WeakValueDictionary[int, ReplyStream[Any]] = weakref.WeakValueDictionary()
         self._warn = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ the handshake
@@ -220,7 +225,7 @@ class Link:
         handler = self._HANDLERS.get(msg.kind)
         if handler is None:
             self.reject(Rejected("malformed", f"unexpected {msg.kind.name}"), "a message")
-        elif on_loop or handler is _ON_ANSWER:
+        elif on_loop or handler is _ON_ANSWER or handler is _ON_ITEM:
             handler(self, msg)
         else:
             self._loop.call_soon(functools.partial(handler, self, msg))
@@ -249,11 +254,18 @@ class Link:
         self._window._registered()
 
     def _on_answer(self, msg: Message) -> None:
-        """A REPLY, ACK or ERROR: settle the request ``msg_id`` (any reading thread)."""
-        if msg.kind == Kind.ERROR and protocol.decode_body(msg.payload).get("rejoin") is True:
-            # The main dropped us (it stopped hearing us for a while) but we still reach it.
-            self._on_loop(self._loop.in_loop, self.lose_main, "the main had dropped this window")
-            return
+        """A REPLY, ACK or ERROR: settle the request ``msg_id``, or end stream ``msg_id`` (any
+        reading thread)."""
+        if msg.kind == Kind.ERROR:
+            body = protocol.decode_body(msg.payload)
+            if body.get("rejoin") is True:
+                # The main dropped us (it stopped hearing us for a while) but we still reach it.
+                self._on_loop(self._loop.in_loop, self.lose_main, "the main had dropped this window")
+                return
+            stream = self.streams.pop(msg.msg_id, None)
+            if stream is not None:
+                stream.finish(protocol.error_from_body(body))
+                return
         future = self._pending.pop(msg.msg_id)
         if future is None:
             self._stats["late_replies"] += 1  # its request timed out already
@@ -267,6 +279,20 @@ class Link:
                 future.set_exception(protocol.error_from_body(protocol.decode_body(msg.payload)))
         except Exception as e:
             fail(future, ProtocolError(f"cannot read the answer: {e!r}"))
+
+    def _on_stream_item(self, msg: Message) -> None:
+        """An ITEM or END of one of our streams (any reading thread); a late one is dropped."""
+        if msg.kind == Kind.ITEM:
+            stream = self.streams.get(msg.msg_id)
+            if stream is not None:
+                stream.deliver(msg.payload)
+            return
+        stream = self.streams.pop(msg.msg_id, None)
+        if stream is not None:
+            stream.finish(protocol.error_from_body(protocol.decode_body(msg.payload)) if msg.payload else None)
+
+    def _on_more(self, msg: Message) -> None:
+        self._inbox.more(msg)
 
     def _on_incoming(self, msg: Message) -> None:
         self._inbox.incoming(msg)
@@ -301,6 +327,10 @@ class Link:
         Kind.ACK: _on_answer,
         Kind.REQUEST: _on_incoming,
         Kind.MESSAGE: _on_incoming,
+        Kind.STREAM: _on_incoming,
+        Kind.ITEM: _on_stream_item,
+        Kind.END: _on_stream_item,
+        Kind.MORE: _on_more,
         Kind.CLOSE: _on_close_request,
         Kind.BYE: _on_bye,
         Kind.PING: _on_ping,
@@ -410,6 +440,7 @@ class Link:
         log.log(logging.WARNING if retry else logging.INFO, "window %r: lost the main at %s: %s",
                 self._name, self._endpoint, reason)
         self._pending.fail_all(lambda future: PeerLost(f"{future.description}: {reason} with the request pending"))
+        self.end_streams(lambda stream: PeerLost(f"{stream.description}: {reason} with the stream open"))
         self._inbox.drop_calls()
         self.drop_sockets()
         if retry and self._window.reconnect:
@@ -427,6 +458,12 @@ class Link:
                 f"gave up reconnecting to {self._endpoint} after {self.session.lost_for(now):.1f} s"))
             return
         self._loop.call_later(delay, self.start_handshake)
+
+    def end_streams(self, error: Callable[[ReplyStream[Any]], BaseException]) -> None:
+        """Every stream of ours ends with ``error(stream)`` (the main is gone, or we closed)."""
+        for msg_id, stream in list(self.streams.items()):
+            self.streams.pop(msg_id, None)
+            stream.finish(error(stream))
 
     def resume_broadcasts(self) -> None:
         """The broadcast backlog drained (any thread): the SUB is read again."""
@@ -499,3 +536,4 @@ class Link:
 
 
 _ON_ANSWER = Link._HANDLERS[Kind.REPLY]  # answers are settled by whoever reads them
+_ON_ITEM = Link._HANDLERS[Kind.ITEM]  # and stream items delivered

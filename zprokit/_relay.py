@@ -82,9 +82,9 @@ class Relay:
                 self._forward(target, source, msg)
             return
         msg_id = self._session.add_route(source, msg.msg_id, target.name)
-        try:
-            sent = router.send_to(target.name, Kind.REQUEST, msg_id, msg.channel, msg.payload, origin=source,
-                                  raise_full=True, timeout_ms=msg.timeout_ms)
+        try:  # a REQUEST or a STREAM, under our msg_id
+            sent = router.send_to(target.name, msg.kind, msg_id, msg.channel, msg.payload, origin=source,
+                                  raise_full=True, timeout_ms=msg.timeout_ms, count=msg.count)
         except QueueFull as e:
             self._session.pop_route(msg_id)
             router.send_error(source, msg.msg_id, e)
@@ -132,26 +132,42 @@ class Relay:
             router.send_error(source, msg.msg_id, WindowNotFound(target.name))
 
     def answer(self, peer: Peer, msg: Message) -> bool:
-        """A REPLY or ERROR from ``peer``: if it answers a routed request, pass it back to the
-        caller under its own id and return True."""
-        route = self._session.answered_route(msg.msg_id, peer.name)
+        """A REPLY, ERROR, ITEM or END from ``peer``: if it answers a routed request or stream,
+        pass it back to the caller under its own id and return True. (An ITEM keeps the route:
+        more follow.)"""
+        session = self._session
+        if msg.kind == Kind.ITEM:
+            route = session.streaming_route(msg.msg_id, peer.name)
+        else:
+            route = session.answered_route(msg.msg_id, peer.name)
         if route is None:
             return False
-        source = self._session.windows.get(route.source)
-        if source is not None and msg.kind == Kind.REPLY:
+        source = session.windows.get(route.source)
+        if source is not None and (msg.kind == Kind.REPLY or msg.kind == Kind.ITEM):
             try:
                 check_size(source, msg.payload, "", peer.name)
             except MessageTooLarge as e:  # the caller is told now, not by its timeout
+                if msg.kind == Kind.ITEM:  # and the stream ends: its producer is stopped
+                    session.pop_route(msg.msg_id)
+                    self._router.send_to(peer.name, Kind.CANCEL, msg.msg_id, origin=route.source)
                 self._router.send_error(route.source, route.source_msg_id, e)
                 return True
         self._router.send_to(route.source, msg.kind, route.source_msg_id, "", msg.payload, origin=peer.name)
         return True
 
+    def more(self, source: str, source_msg_id: int, count: int) -> None:
+        """The consumer ``source`` of a routed stream took ``count`` more items: its producer may
+        send that many more (MORE, under our id)."""
+        found = self._session.route_of(source, source_msg_id)
+        if found is not None:
+            msg_id, route = found
+            self._router.send_to(route.target, Kind.MORE, msg_id, origin=source, count=count)
+
     def cancel(self, source: str, source_msg_id: int) -> None:
         """``source`` gave up its routed request: not routed yet, it never will be; else the
         window that has it is told."""
         for i, (from_, due) in enumerate(self._due):  # not routed yet (same batch): never will be
-            if from_ == source and due.msg_id == source_msg_id and due.kind == Kind.REQUEST:
+            if from_ == source and due.msg_id == source_msg_id and due.kind in (Kind.REQUEST, Kind.STREAM):
                 del self._due[i]
                 return
         cancelled = self._session.cancel_route(source, source_msg_id)

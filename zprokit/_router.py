@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections import Counter
 from typing import Any, Callable, Mapping
 
@@ -31,6 +32,7 @@ from ._ratelimit import RateLimitedLog
 from ._relay import Relay
 from ._requests import PendingRequests, fail
 from ._serve import Server
+from ._streams import ReplyStream
 from .errors import Closed, PeerLost, QueueFull
 from .protocol import Kind, Message, Rejected
 from .security import REJECTION_REASONS, user_id
@@ -59,7 +61,7 @@ class Router:
         *,
         max_size: int | None,
         max_queued: int,
-        handlers: Mapping[str, tuple[Callable[..., Any], bool]],
+        handlers: Mapping[str, tuple[Callable[..., Any], bool, bool]],
         welcome: Callable[[str, str], dict[str, Any]],
         forget_login: Callable[[str, str], None],
         on_registered: Callable[[Peer], None],
@@ -89,6 +91,9 @@ class Router:
         self.batching = False  # the loop is working through a batch of messages (see Server._answerer)
         self.server = Server(self, dispatch, serializer, handlers, max_queued)
         self.relay = Relay(self)
+        # The main's own streams from windows (main_stream_from_render), by msg_id; weak: a stream
+        # its consumer dropped goes (and has told its producer: see ReplyStream.__del__).
+        self.streams: weakref.WeakValueDictionary[int, ReplyStream[Any]] = weakref.WeakValueDictionary()
 
     # ------------------------------------------------------------------ in (I/O thread)
 
@@ -242,6 +247,10 @@ class Router:
         self._forget_login(name, peer.nonce)
         lost = PeerLost(f"window {name!r} left ({reason}) with the request pending")
         self._pending.fail_all(lambda future: lost, target=name)
+        for msg_id, stream in list(self.streams.items()):
+            if stream.peer == name:
+                self.streams.pop(msg_id, None)
+                stream.finish(lost)
         for route in self.session.routes_to(name):
             self.send_error(route.source, route.source_msg_id, lost)
         self.relay.window_left(peer, lost)
@@ -262,10 +271,45 @@ class Router:
         else:
             self.reject("malformed", f"one-way message to main from {peer.name!r}")
 
-    def _on_answer(self, peer: Peer, msg: Message) -> None:
-        """A REPLY or ERROR: to a window -> window request, or to our ``main_call_render``."""
+    def _on_stream(self, peer: Peer, msg: Message) -> None:
+        if msg.target:
+            self.relay.route_soon(peer.name, msg)
+        else:
+            self.server.serve_stream(peer, msg)
+
+    def _on_stream_item(self, peer: Peer, msg: Message) -> None:
+        """An ITEM or END: of a window -> window stream, or of one of ours (else a late one: dropped)."""
         if self.relay.answer(peer, msg):
             return
+        stream = self.streams.get(msg.msg_id)
+        if stream is None or stream.peer != peer.name:
+            return  # its consumer closed it: items already on their way are dropped
+        if msg.kind == Kind.ITEM:
+            stream.deliver(msg.payload)
+        else:
+            self.streams.pop(msg.msg_id, None)
+            stream.finish(protocol.error_from_body(protocol.decode_body(msg.payload)) if msg.payload else None)
+
+    def _on_more(self, peer: Peer, msg: Message) -> None:
+        """A stream's consumer took ``count`` more items: routed on, or credit for our producer."""
+        if msg.target:
+            self.relay.more(peer.name, msg.msg_id, msg.count)
+            return
+        call = self.session.serving.get((peer.session, msg.msg_id))
+        if call is not None and call.more is not None:
+            call.more(msg.count)
+
+    def _on_answer(self, peer: Peer, msg: Message) -> None:
+        """A REPLY or ERROR: to a window -> window request, or to our ``main_call_render``, or an
+        ERROR ending one of our streams."""
+        if self.relay.answer(peer, msg):
+            return
+        if msg.kind == Kind.ERROR:
+            stream = self.streams.get(msg.msg_id)
+            if stream is not None and stream.peer == peer.name:
+                self.streams.pop(msg.msg_id, None)
+                stream.finish(protocol.error_from_body(protocol.decode_body(msg.payload)))
+                return
         future = self._pending.pop(msg.msg_id, answered_by=peer.name)  # only the window we asked
         if future is None:
             self.reject("unexpected_reply", f"{msg.kind.name} {msg.msg_id} from {peer.name!r}")
@@ -319,6 +363,10 @@ class Router:
         Kind.READY: _on_ready,
         Kind.UNHANDLED: _on_unhandled,
         Kind.CREDIT: _on_credit,
+        Kind.STREAM: _on_stream,
+        Kind.ITEM: _on_stream_item,
+        Kind.END: _on_stream_item,
+        Kind.MORE: _on_more,
     }
 
     # ------------------------------------------------------------------ out (any thread)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import protocol
 from ._calls import ServedCall, deadline_of
+from ._streams import Credit, open_stream, produce
 from ._dispatch import Dispatcher, call_handler
 from .errors import MessageTooLarge, NoHandler, QueueFull
 from .events import Event
@@ -38,7 +39,7 @@ class Server:
         router: Router,
         dispatch: Dispatcher,
         serializer: Serializer,
-        handlers: Mapping[str, tuple[Callable[..., Any], bool]],
+        handlers: Mapping[str, tuple[Callable[..., Any], bool, bool]],
         max_queued: int,
     ) -> None:
         self._router = router
@@ -64,7 +65,11 @@ class Server:
         if entry is None:
             self._router.send_error(peer.name, msg.msg_id, NoHandler(msg.channel, MAIN_NAME))
             return
-        handler, inline = entry
+        handler, inline, streams = entry
+        if streams:  # its answer is a stream: the caller is told at once which call to use
+            self._router.send_error(peer.name, msg.msg_id, TypeError(
+                f"the handler of channel {msg.channel!r} streams: call render_stream_from_main"))
+            return
         call, key = ServedCall(), (peer.session, msg.msg_id)
         if inline:
             self._session.serving[key] = call  # an async inline handler runs on: it can be cancelled
@@ -82,6 +87,61 @@ class Server:
         with self._backlog_lock:
             self._backlog += 1
         self._dispatch.submit(functools.partial(self._run_queued, call, key, peer, handler, msg))
+
+    def serve_stream(self, peer: Peer, msg: Message) -> None:
+        """A window's STREAM: run the handler of ``msg.channel`` on the pool, where its generator
+        produces as the window's credit allows (never inline: it waits for credit)."""
+        entry = self._handlers.get(msg.channel)
+        if entry is None:
+            self._router.send_error(peer.name, msg.msg_id, NoHandler(msg.channel, MAIN_NAME))
+            return
+        if self._backlog >= self._max_queued:
+            self._router.stats["refused_busy"] += 1
+            self._router.send_error(peer.name, msg.msg_id, QueueFull(
+                MAIN_NAME, f"the main has {self._backlog} calls waiting for its handlers (its max_queued)"))
+            return
+        call, key = ServedCall(), (peer.session, msg.msg_id)
+        gate = Credit(msg.count)  # made here, on the I/O thread, so no MORE can come before it
+        call.more, call.stop = gate.more, gate.wake
+        self._session.serving[key] = call
+        with self._backlog_lock:
+            self._backlog += 1
+        self._dispatch.submit(functools.partial(self._run_stream, call, gate, key, peer, entry[0], msg))
+
+    def _run_stream(self, call: ServedCall, gate: Credit, key: tuple[bytes, int], peer: Peer,
+                    handler: Callable[..., Any], msg: Message) -> None:
+        with self._backlog_lock:
+            self._backlog -= 1
+        serving, windows, name, msg_id = self._session.serving, self._session.windows, peer.name, msg.msg_id
+        if call.cancelled:
+            serving.pop(key, None)
+            return
+        call.started = True
+
+        def item(obj: Any) -> bool:
+            payload = self._serializer.dumps(obj)
+            check_size(peer, payload, "")
+            return windows.get(name) is peer and self._router.send_to(name, Kind.ITEM, msg_id, "", payload,
+                                                                     raise_full=True)
+
+        def end(error: BaseException | None) -> None:
+            if windows.get(name) is not peer or call.cancelled:
+                return  # nobody to tell
+            body = [] if error is None else [protocol.encode_body(protocol.error_body(
+                error, MAIN_NAME, "".join(traceback.format_exception(error)), from_handler=True))]
+            self._router.send_to(name, Kind.END, msg_id, "", body)
+
+        stream = open_stream(handler, Event(name, msg.channel, "request", None, MAIN_NAME, False, call.token,
+                                             deadline_of(msg.timeout_ms, time.time())),
+                              self._serializer, msg, "render_msg_to_main")
+        if isinstance(stream, BaseException):
+            end(stream)
+            serving.pop(key, None)
+            return
+        def done() -> None:
+            serving.pop(key, None)
+
+        produce(self._dispatch, call, stream, gate, item, end, done)
 
     def _run_queued(self, call: ServedCall, key: tuple[bytes, int], peer: Peer, handler: Callable[..., Any],
                     msg: Message) -> None:
@@ -164,3 +224,4 @@ def check_size(peer: Peer, payload: Any, channel: str, origin: str = "") -> None
         size = protocol.wire_size(payload, origin, peer.name, channel)
         if size > peer.max_size:
             raise MessageTooLarge(size, peer.max_size, peer.name)
+

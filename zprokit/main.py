@@ -50,6 +50,7 @@ from ._router import Router
 from ._serve import check_size
 from ._presence import Presence
 from ._stats import MAIN_COUNTERS, MainStats
+from ._streams import DEFAULT_PREFETCH, ReplyStream, check_prefetch, is_stream_handler
 from .errors import Closed, WindowNotFound
 from .events import WindowInfo
 from .protocol import Kind, normalize_name
@@ -165,7 +166,7 @@ class Main:
         self.pub_endpoint: str = self._sockets.pub_endpoint
 
         # user-facing state, shared
-        self._handlers: dict[str, tuple[Callable[..., Any], bool]] = {}
+        self._handlers: dict[str, tuple[Callable[..., Any], bool, bool]] = {}  # channel: (fn, inline, streams)
         self._processes: list[WindowProcess] = []
         self._closed = False
         self._shut = False  # close() has run (or runs): threads stopped, context ended
@@ -173,8 +174,8 @@ class Main:
         self.close_reason: BaseException | None = None  # why the main closed, if not by close()
         self._born, self._pid = fork_generation(), os.getpid()
         # Built-in channels for the command-line tools; answered inline, they never wait.
-        self._handlers[SYSTEM_PREFIX + "ping"] = (lambda event, args: args, True)
-        self._handlers[SYSTEM_PREFIX + "windows"] = (lambda event, args: self._describe_windows(), True)
+        self._handlers[SYSTEM_PREFIX + "ping"] = (lambda event, args: args, True, False)
+        self._handlers[SYSTEM_PREFIX + "windows"] = (lambda event, args: self._describe_windows(), True, False)
 
         signer = protocol.Signer(self.key)
         self._session = MainSession(self.session, serializer=self.serializer.name, heartbeat=self.heartbeat,
@@ -239,7 +240,7 @@ class Main:
             raise ValueError(f"channels starting with {SYSTEM_PREFIX!r} are zprokit's own")
         if channel in self._handlers and not replace:
             raise ValueError(f"channel {channel!r} already has a handler; pass replace=True to swap it")
-        self._handlers[channel] = (handler, inline)
+        self._handlers[channel] = (handler, inline, is_stream_handler(handler))
 
     def off_msg_from_render(self, channel: str = DEFAULT_CHANNEL) -> bool:
         """Remove the handler of ``channel``; True if there was one."""
@@ -324,6 +325,43 @@ class Main:
             self._pending.pop(msg_id)
             self._not_found(peer.name)
         return future
+
+    def main_stream_from_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> ReplyStream[Any]:
+        """Call window ``name``'s streaming callback on ``channel`` (a generator function, sync or
+        async): a ``ReplyStream`` of what it yields, at most ``prefetch`` items ahead of what this
+        side has taken. ``timeout`` (default ``request_timeout``) bounds the wait for each item.
+        ``WindowNotFound`` at once when the name is unknown."""
+        peer, payload = self._prepare(name, msg, channel)
+        limit = self.request_timeout if timeout is None else check_timeout(timeout)
+        prefetch = check_prefetch(prefetch)
+        msg_id, router = self._session.next_id(), self._router
+        stream: ReplyStream[Any] = ReplyStream(
+            f"main_stream_from_render({peer.name!r}, channel={channel!r})", limit, prefetch, self.serializer.loads,
+            more=functools.partial(self._stream_more, msg_id, peer.name),
+            cancel=functools.partial(self._stream_cancel, msg_id, peer.name), peer=peer.name)
+        router.streams[msg_id] = stream
+        try:
+            sent = router.send_to(peer.name, Kind.STREAM, msg_id, channel, payload, raise_full=True,
+                                  timeout_ms=timeout_ms(limit), count=prefetch)
+        except BaseException:
+            router.streams.pop(msg_id, None)
+            raise
+        if not sent:
+            router.streams.pop(msg_id, None)
+            self._not_found(peer.name)
+        return stream
+
+    def _stream_more(self, msg_id: int, name: str, count: int) -> None:
+        self._router.send_to(name, Kind.MORE, msg_id, count=count)
+
+    def _stream_cancel(self, msg_id: int, name: str) -> None:
+        """The consumer closed (or dropped) stream ``msg_id``: forget it, and stop its producer."""
+        self._router.streams.pop(msg_id, None)
+        if not self._closed:
+            self._router.send_to(name, Kind.CANCEL, msg_id)
 
     def _prepare(self, name: str, msg: Any, channel: str) -> tuple[Peer, list[Any]]:
         """Check a send to window ``name`` and serialize ``msg``: the window and the payload."""
@@ -519,6 +557,8 @@ class Main:
 
     def _close_sockets(self) -> None:
         self._pending.fail_all(_closed_error)
+        for stream in list(self._router.streams.values()):
+            stream.finish(Closed(f"{stream.description}: the main was closed with the stream open"))
         self._session.clear()  # a closed main has no windows (and wait_for_window raises Closed)
         self._router.relay.wake()  # senders waiting for a window's room see it gone
         self._presence.wake_all()

@@ -46,11 +46,12 @@ from ._inbox import Inbox
 from ._link import Link
 from ._loop import IOLoop
 from ._stats import WINDOW_COUNTERS, WindowStats
+from ._streams import DEFAULT_PREFETCH, ReplyStream, check_prefetch
 from .errors import Closed, PeerLost, Timeout
 from .protocol import Kind, check_window_name, normalize_name
 from .security import REJECTION_REASONS, CurveClient, resolve_key
 from .serializers import Serializer, get_serializer
-from .session import WindowSession
+from .session import MAIN_NAME, WindowSession
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,57 @@ class Window:
         name = _check_target(name)
         return self._request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
 
+    def render_stream_from_main(
+        self, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> ReplyStream[Any]:
+        """Call the main's streaming handler on ``channel`` (a generator function, sync or async):
+        a ``ReplyStream`` of what it yields, at most ``prefetch`` items ahead of what this side
+        has taken. ``timeout`` (default ``request_timeout``) bounds the wait for each item."""
+        return self._stream("", channel, msg, timeout, prefetch, f"render_stream_from_main(channel={channel!r})")
+
+    def render_stream_from_render(
+        self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
+    ) -> ReplyStream[Any]:
+        """``render_stream_from_main``, from window ``name``'s streaming ``on_render_msg_to_render``
+        callback, through the main."""
+        name = _check_target(name)
+        return self._stream(name, channel, msg, timeout, prefetch, f"render_stream_from_render({name!r})")
+
+    def _stream(self, target: str, channel: str, msg: Any, timeout: float | None, prefetch: int,
+                description: str) -> ReplyStream[Any]:
+        self._check_open()
+        check_channel(channel)
+        limit = self.request_timeout if timeout is None else check_timeout(timeout)
+        prefetch = check_prefetch(prefetch)
+        payload = self.serializer.dumps(msg)
+        self._link.check_size(payload, target, channel)
+        msg_id, link = self._session.next_id(), self._link
+        stream: ReplyStream[Any] = ReplyStream(
+            description, limit, prefetch, self.serializer.loads,
+            more=functools.partial(self._stream_more, msg_id, target),
+            cancel=functools.partial(self._stream_cancel, msg_id, target), peer=target or MAIN_NAME)
+        link.streams[msg_id] = stream
+        try:
+            sent = link.send(Kind.STREAM, msg_id, target, channel, payload, raise_full=True,
+                             timeout_ms=timeout_ms(limit), count=prefetch)
+        except BaseException:
+            link.streams.pop(msg_id, None)
+            raise
+        if not sent:
+            link.streams.pop(msg_id, None)
+            stream.finish(PeerLost(f"{description}: not connected to the main"))
+        return stream
+
+    def _stream_more(self, msg_id: int, target: str, count: int) -> None:
+        self._link.send(Kind.MORE, msg_id, target, "", (), count=count)
+
+    def _stream_cancel(self, msg_id: int, target: str) -> None:
+        """The consumer closed (or dropped) stream ``msg_id``: forget it, and stop its producer."""
+        self._link.streams.pop(msg_id, None)
+        self._link.send(Kind.CANCEL, msg_id, target, "", ())
+
     def _request(
         self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str
     ) -> ReplyFuture[Any]:
@@ -467,6 +519,7 @@ class Window:
 
     def _close_sockets(self) -> None:
         self._pending.fail_all(lambda future: Closed(f"window {self.name!r} was closed with the request pending"))
+        self._link.end_streams(lambda stream: Closed(f"{stream.description}: window {self.name!r} was closed"))
         self._link.drop_sockets(self._linger_ms)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol
+from typing import Callable, Protocol
 
 __all__ = ["ReplayGuard", "Cancellable", "MAIN_NAME", "BROADCAST_STREAM"]
 
@@ -85,6 +85,7 @@ class Cancellable(Protocol):
     """A call being served, as the session keeps it: what a CANCEL (or the caller leaving) does."""
 
     started: bool
+    more: Callable[[int], None] | None  # a stream's producer takes its consumer's credit here
 
     def cancel(self) -> bool:
         """Stop it; True if it had not started (it never will: forget it now)."""

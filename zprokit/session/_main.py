@@ -419,6 +419,17 @@ class MainSession:
             return None
         return self.pop_route(msg_id)
 
+    def route_of(self, source: str, source_msg_id: int) -> tuple[int, Route] | None:
+        """``(our msg_id, the route)`` of ``source``'s routed call ``source_msg_id``, kept."""
+        msg_id = self._route_ids.get((source, source_msg_id))
+        route = None if msg_id is None else self.routes.get(msg_id)
+        return None if route is None or msg_id is None else (msg_id, route)
+
+    def streaming_route(self, msg_id: int, by: str) -> Route | None:
+        """The route an ITEM ``msg_id`` from window ``by`` belongs to (kept: more items follow)."""
+        route = self.routes.get(msg_id)
+        return route if route is not None and route.target == by else None
+
     def cancel_route(self, source: str, source_msg_id: int) -> tuple[int, Route] | None:
         """``source`` gave up its routed request: ``(our msg_id, the route)`` to cancel at the target."""
         msg_id = self._route_ids.get((source, source_msg_id))
