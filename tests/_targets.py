@@ -80,3 +80,16 @@ def ready_then_work(window):
     window.on_msg_from_main(lambda event, _: done.set() or "done", channel="finish")
     window.ready()
     done.wait(30)
+
+
+def streamer(window):
+    """A streaming callback (``count``: 0, 1, ... forever, as credit allows); run until closed."""
+
+    @window.on_msg_from_main(channel="count")
+    def count(event, start):
+        n = start
+        while True:
+            yield n
+            n += 1
+
+    window.wait_closed()

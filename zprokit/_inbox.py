@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from . import protocol
 from ._callbacks import Listeners
 from ._calls import ServedCall, deadline_of
-from ._streams import Credit, is_stream_handler, open_stream, produce
+from ._streams import Credit, is_stream, is_stream_handler, open_stream, produce
 from ._dispatch import Dispatcher, call_handler
 from ._ratelimit import RateLimitedLog
 from .errors import NoHandler, QueueFull
@@ -307,6 +307,10 @@ class Inbox:
                 with self.lock:
                     self._stats["late_answers"] += 1
                 return
+            if exc is None and is_stream(result):  # a callback that streams, found out only now
+                getattr(result, "close", lambda: None)()
+                exc = TypeError(f"the callback answered with a stream: call "
+                                f"{'render_stream_from_render' if msg.source else 'main_stream_from_render'}")
             if exc is None:
                 try:
                     kind, payload = Kind.REPLY, self._serializer.dumps(result)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import protocol
 from ._calls import ServedCall, deadline_of
-from ._streams import Credit, open_stream, produce
+from ._streams import Credit, is_stream, open_stream, produce
 from ._dispatch import Dispatcher, call_handler
 from .errors import MessageTooLarge, NoHandler, QueueFull
 from .events import Event
@@ -188,6 +188,9 @@ class Server:
                 with self._router.sock.lock:
                     self._router.stats["late_answers"] += 1  # its caller is gone: nobody to answer
                 return
+            if exc is None and is_stream(result):  # a handler that streams, found out only now
+                getattr(result, "close", lambda: None)()
+                exc = TypeError("the handler answered with a stream: call render_stream_from_main")
             if exc is None:
                 try:
                     reply = self._serializer.dumps(result)

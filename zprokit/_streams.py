@@ -21,6 +21,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import types
 from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 
 from ._calls import ServedCall
@@ -32,7 +33,7 @@ from .serializers import Serializer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReplyStream", "Credit", "is_stream_handler", "open_stream", "produce", "DEFAULT_PREFETCH", "check_prefetch"]
+__all__ = ["ReplyStream", "Credit", "is_stream", "is_stream_handler", "open_stream", "produce", "DEFAULT_PREFETCH", "check_prefetch"]
 
 _T = TypeVar("_T")
 DEFAULT_PREFETCH = 16
@@ -40,8 +41,17 @@ _END = object()  # the stream ended normally
 
 
 def is_stream_handler(handler: Callable[..., Any]) -> bool:
-    """A handler that streams: a generator function or an async generator function."""
-    return inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler)
+    """A handler that streams: a generator function or an async generator function (or an
+    object whose ``__call__`` is one)."""
+    for fn in (handler, getattr(type(handler), "__call__", None)):
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            return True
+    return False
+
+
+def is_stream(result: Any) -> bool:
+    """What a streaming handler returns: a generator or an async generator."""
+    return isinstance(result, (types.GeneratorType, types.AsyncGeneratorType))
 
 
 def check_prefetch(prefetch: int) -> int:
@@ -127,6 +137,7 @@ class ReplyStream(Generic[_T]):
                 if end is _END:
                     raise StopIteration
                 assert isinstance(end, BaseException)
+                self._end = _END  # said once: then the stream is simply over
                 raise end
             else:
                 self._waiter = concurrent.futures.Future()
@@ -361,7 +372,7 @@ def open_stream(handler: Callable[..., Any], event: Event, serializer: Serialize
         stream = handler(event, serializer.loads(msg.payload))
     except BaseException as e:  # the handler's own error, SystemExit included
         return e
-    if inspect.isgenerator(stream) or inspect.isasyncgen(stream):
+    if is_stream(stream):
         return stream
     if inspect.isawaitable(stream):
         getattr(stream, "close", lambda: None)()  # an unawaited coroutine: closed, not warned about

@@ -559,6 +559,8 @@ class Main:
         self._pending.fail_all(_closed_error)
         for stream in list(self._router.streams.values()):
             stream.finish(Closed(f"{stream.description}: the main was closed with the stream open"))
+        for call in list(self._session.serving.values()):  # its handlers are told (a producer stops)
+            call.cancel()
         self._session.clear()  # a closed main has no windows (and wait_for_window raises Closed)
         self._router.relay.wake()  # senders waiting for a window's room see it gone
         self._presence.wake_all()

@@ -520,6 +520,7 @@ class Window:
     def _close_sockets(self) -> None:
         self._pending.fail_all(lambda future: Closed(f"window {self.name!r} was closed with the request pending"))
         self._link.end_streams(lambda stream: Closed(f"{stream.description}: window {self.name!r} was closed"))
+        self._inbox.drop_calls()  # its callbacks are told (a producer waiting for credit stops)
         self._link.drop_sockets(self._linger_ms)
 
 
