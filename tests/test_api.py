@@ -1135,7 +1135,8 @@ def test_timeout_is_a_timeout_error():
 
 def test_public_names_are_pinned():
     assert set(zprokit.__all__) == {
-        "Main", "Window", "Event", "WindowInfo", "WindowProcess", "ReplyFuture",
+        "Main", "Window", "Event", "WindowInfo", "WindowProcess", "ReplyFuture", "ReplyStream",
+        "main_stream_from_render", "render_stream_from_main", "render_stream_from_render",
         "init_ipc", "get_main", "on_msg_from_render", "off_msg_from_render", "main_msg_to_render",
         "main_call_render", "broadcast", "create_window", "get_window", "has_window", "get_all_windows", "wait_for_window",
         "destroy_window", "on_window_connected", "on_window_disconnected",

@@ -8,6 +8,7 @@ for the objects behind the module-level functions.
 from __future__ import annotations
 
 from ._requests import ReplyFuture
+from ._streams import ReplyStream
 from .api import (
     broadcast,
     create_window,
@@ -21,6 +22,7 @@ from .api import (
     init_ipc,
     main_call_render,
     main_msg_to_render,
+    main_stream_from_render,
     off_broadcast,
     off_msg_from_main,
     off_msg_from_render,
@@ -35,6 +37,8 @@ from .api import (
     render_call_render,
     render_msg_to_main,
     render_msg_to_render,
+    render_stream_from_main,
+    render_stream_from_render,
     send_msg_to_main,
     send_msg_to_other_render,
     send_msg_to_render,
@@ -70,6 +74,7 @@ __all__ = [
     "WindowInfo",
     "WindowProcess",
     "ReplyFuture",
+    "ReplyStream",
     # main process
     "init_ipc",
     "get_main",
@@ -86,6 +91,7 @@ __all__ = [
     "destroy_window",
     "on_window_connected",
     "on_window_disconnected",
+    "main_stream_from_render",
     # window process
     "init_expose_in_main_world",
     "get_render",
@@ -98,6 +104,8 @@ __all__ = [
     "render_call_render",
     "on_broadcast",
     "off_broadcast",
+    "render_stream_from_main",
+    "render_stream_from_render",
     # electron-prokit's newer names
     "send_msg_to_render",
     "send_msg_to_main",

@@ -13,6 +13,7 @@ from typing import Any, Callable, overload
 
 from ._callbacks import DEFAULT_CHANNEL, F
 from ._requests import ReplyFuture
+from ._streams import DEFAULT_PREFETCH, ReplyStream
 from .errors import ZprokitError
 from .events import WindowInfo
 from .main import Main
@@ -50,6 +51,9 @@ __all__ = [
     "send_msg_to_main",
     "send_msg_to_other_render",
     "on_msg_from_other_render",
+    "main_stream_from_render",
+    "render_stream_from_main",
+    "render_stream_from_render",
 ]
 
 _lock = threading.Lock()
@@ -245,3 +249,26 @@ send_msg_to_render = main_msg_to_render
 send_msg_to_main = render_msg_to_main
 send_msg_to_other_render = render_msg_to_render
 on_msg_from_other_render = on_render_msg_to_render
+
+
+def main_stream_from_render(
+    name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+) -> ReplyStream[Any]:
+    """``Main.main_stream_from_render`` on the default main: window ``name``'s streaming callback."""
+    return get_main().main_stream_from_render(name, msg, channel=channel, timeout=timeout, prefetch=prefetch)
+
+
+def render_stream_from_main(
+    msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None, prefetch: int = DEFAULT_PREFETCH,
+) -> ReplyStream[Any]:
+    """``Window.render_stream_from_main`` on the default window: the main's streaming handler."""
+    return get_render().render_stream_from_main(msg, channel=channel, timeout=timeout, prefetch=prefetch)
+
+
+def render_stream_from_render(
+    name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
+) -> ReplyStream[Any]:
+    """``Window.render_stream_from_render`` on the default window: window ``name``'s streaming callback."""
+    return get_render().render_stream_from_render(name, msg, channel=channel, timeout=timeout, prefetch=prefetch)
