@@ -9,48 +9,13 @@ task is cancelled. The entry leaves when the handler ends.
 
 from __future__ import annotations
 
-import threading
 from typing import Callable
 
-__all__ = ["Cancelled", "ServedCall", "deadline_of", "timeout_ms"]
+from .events import Cancelled
+
+__all__ = ["ServedCall", "deadline_of", "timeout_ms"]
 
 _MAX_MS = 2**32 - 1  # the header's timeout_ms is a u32: longer timeouts travel as "no limit"
-
-
-class Cancelled:
-    """``event.cancelled``: set once the caller gave up. ``is_set()``; ``wait(timeout)`` blocks
-    until then (or the timeout) and returns whether it is set, as ``threading.Event`` does."""
-
-    __slots__ = ("_set", "_event")
-    _lock = threading.Lock()  # creating the event a waiter needs (most calls never wait)
-
-    def __init__(self) -> None:
-        self._set = False
-        self._event: threading.Event | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._set:
-            return True
-        with Cancelled._lock:
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        if self._set:  # set before the event existed
-            return True
-        return event.wait(timeout)
-
-    def set(self) -> None:
-        self._set = True
-        with Cancelled._lock:
-            event = self._event
-        if event is not None:
-            event.set()
-
-    def __repr__(self) -> str:
-        return f"<Cancelled {self._set}>"
 
 
 class ServedCall:

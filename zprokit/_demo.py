@@ -67,6 +67,16 @@ def work(window: Window) -> None:
         report("request", event.sender, event.channel, numbers)
         return sum(numbers)
 
+    @window.on_msg_from_main(channel="squares")
+    def squares(event: zprokit.Event, n: int) -> Any:  # a generator: it streams
+        for i in range(1, n + 1):
+            yield i * i
+
+    @window.on_msg_from_main(channel="patient")
+    def patient(event: zprokit.Event, _: Any) -> None:  # waits until its caller gives up
+        report("started", event.sender, event.channel, None)
+        report("cancelled", event.sender, event.channel, event.cancelled.wait(TIMEOUT))
+
     report("ready", window.name, "", None)
     window.wait_closed()  # until destroy_window
 
@@ -86,6 +96,7 @@ def render(window: Window) -> None:
         "async": lambda: window.render_msg_to_main([1, 2, 3], channel="slow_sum").result(TIMEOUT),
         "temp": lambda: window.render_msg_to_main("once", channel="temp").result(TIMEOUT),
         "temp again": lambda: named(raised(ZprokitError, lambda: window.render_msg_to_main("twice", channel="temp").result(TIMEOUT))),
+        "stream": lambda: list(window.render_stream_from_main(5, channel="countdown", prefetch=2)),
     }
     window.on_msg_from_main(lambda e, step: steps[step](), channel="step")
     window.on_broadcast(lambda e, msg: report("broadcast", e.sender, e.topic, msg), topic="news")
@@ -309,6 +320,34 @@ def _play(main: Main, t: Transcript, inbox: Inbox) -> None:
         expect(waited < 1.0 and isinstance(e, TimeoutError), f"waited {waited:.2f} s")
         expect(main.stats()["pending_requests"] == 0, "the timed-out call left an entry behind")
         return f"Timeout (a TimeoutError) after {waited:.2f} s; the call left nothing pending"
+
+    @zprokit.on_msg_from_render(channel="countdown")
+    def countdown(event: zprokit.Event, start: int) -> Any:  # a generator: it streams
+        for n in range(start, 0, -1):
+            t.line("main", event.sender, "[countdown] item", repr(n))
+            yield n
+
+    @t.check("streams: render_stream_from_main, main_stream_from_render")
+    def streams() -> str:
+        got = step("render", "stream")
+        t.line("render", "main", "[countdown] took", repr(got))
+        expect(got == [5, 4, 3, 2, 1], f"render took {got!r}")
+        squares = list(zprokit.main_stream_from_render("work", 4, channel="squares", prefetch=2))
+        t.line("work", "main", "[squares] items", repr(squares))
+        expect(squares == [1, 4, 9, 16], f"main took {squares!r}")
+        return "generator handlers and callbacks streamed, at most 2 items ahead of the consumer"
+
+    @t.check("a cancellation reaches the handler")
+    def cancellation() -> str:
+        t.line("main", "work", "[patient] call", "None")
+        future = zprokit.main_call_render("work", None, channel="patient", timeout=TIMEOUT)
+        inbox.take(what="started", receiver="work", channel="patient")
+        cancelled = future.cancel()
+        t.line("main", "work", "cancel", repr(cancelled))
+        told = inbox.take(what="cancelled", receiver="work", channel="patient")
+        expect(cancelled and told["payload"] is True and future.cancelled(), f"{cancelled}, {told}")
+        expect(main.stats()["pending_requests"] == 0, "the cancelled call left an entry behind")
+        return "future.cancel() -> True; work's callback saw event.cancelled, nothing left pending"
 
     @t.check("off_msg_from_render")
     def off() -> str:

@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
+import _thread
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._calls import Cancelled
+    import threading
 
-__all__ = ["Event", "WindowInfo"]
+__all__ = ["Event", "WindowInfo", "Cancelled", "NEVER"]
+
+
+class Cancelled:
+    """``event.cancelled``: set once the caller gave up (it cancelled the call, or its timeout
+    passed). ``is_set()``; ``wait(timeout)`` blocks until then (or the timeout) and returns
+    whether it is set, as ``threading.Event`` does. Never set for a one-way message."""
+
+    __slots__ = ("_set", "_event")
+    _lock = _thread.allocate_lock()  # creating the event a waiter needs (most calls never wait)
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        import threading  # here: the rules of a session (which make Events) use no threads
+
+        with Cancelled._lock:
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if self._set:  # set before the event existed
+            return True
+        return event.wait(timeout)
+
+    def set(self) -> None:
+        self._set = True
+        with Cancelled._lock:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def __repr__(self) -> str:
+        return f"<Cancelled {self._set}>"
+
+
+NEVER = Cancelled()  # the ``cancelled`` of what no caller can cancel: one-way messages, broadcasts
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +80,7 @@ class Event:
     topic: str | None = None
     receiver: str = ""
     from_main: bool = False
-    cancelled: Cancelled | None = None
+    cancelled: Cancelled = NEVER
     deadline: float | None = None
 
     def time_remaining(self) -> float | None:
