@@ -83,6 +83,18 @@ def test_every_window_was_registered_and_reached(run: Run):
     assert checks["windows_registered"] == checks["windows_reached_by_name"] == checks["windows_reached_by_broadcast"] == n
 
 
+def test_the_stream_is_set_beside_zprokits_pipelined_requests(run: Run):
+    """Figures only, not judged: the medians of the rows, and their ratios."""
+    metrics = run.report["metrics"]
+    beside = run.report["checks"]["stream_vs_pipelined"]
+    assert beside["stream_ips"] == metrics["stream_ips"]["zprokit"]
+    for key, ratio in (("pipelined_rps", "ratio_inline"), ("pipelined_pooled_rps", "ratio_pooled")):
+        assert beside[key] == metrics[key]["zprokit"]
+        assert beside[ratio] == pytest.approx(beside["stream_ips"] / beside[key], rel=1e-9)
+    assert beside["at_least_as_fast"] == (beside["stream_ips"] >= max(beside["pipelined_rps"],
+                                                                        beside["pipelined_pooled_rps"]))
+
+
 def test_the_machine_is_described(run: Run):
     machine = run.report["machine"]
     for field in ("cpu", "cores", "python", "pyzmq", "libzmq"):

@@ -15,10 +15,11 @@ import json
 import os
 import pickle
 import secrets
+import struct
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -208,6 +209,44 @@ def serve_raw_sub(endpoint: str, warm: int, total: int) -> None:
     ctx.term()
 
 
+def serve_raw_stream() -> None:
+    """A ROUTER that streams with credit, as a ``Main`` serves a stream: asked for ``n`` items with
+    ``credit`` (``!II``), it sends 100-byte items while it has credit, waiting for more when it has
+    none (``!I``: how many the consumer took), then an empty frame, the end. One thread, which reads
+    credit only when it has none left: until then there is nothing to wait for."""
+    ctx = zmq.Context()
+    router = _raw_socket(ctx, zmq.ROUTER, bind=True)
+    closing = threading.Event()
+    item = bytes(SMALL)
+
+    def step() -> None:
+        peer, request = router.recv_multipart()
+        if len(request) != 8:  # credit returned after a stream had all its items: nothing owes it
+            return
+        n, credit = struct.unpack("!II", request)
+        for _ in range(n):
+            while credit <= 0:  # as a zprokit producer, it waits for credit as long as its consumer is there
+                try:
+                    _, more = router.recv_multipart()
+                except zmq.Again:  # the receive timeout: is the benchmark over?
+                    if closing.is_set():
+                        return
+                    continue
+                if len(more) == 4:
+                    credit += struct.unpack("!I", more)[0]
+            router.send_multipart([peer, item])
+            credit -= 1
+        router.send_multipart([peer, b""])
+
+    stop = _socket_loop(step)
+    _say("ready", endpoint=router.getsockopt_string(zmq.LAST_ENDPOINT))
+    _commands()
+    closing.set()
+    stop()
+    router.close(0)
+    ctx.term()
+
+
 def serve_raw_router() -> None:
     """A ROUTER that many DEALERs say hello to; it then asks them round-robin, 64 in flight."""
     ctx = zmq.Context()
@@ -281,7 +320,8 @@ def serve_raw_dealers(endpoint: str, first: int, count: int) -> None:
 
 
 def serve_zp_main() -> None:
-    """A ``Main`` with echo handlers, inline and pooled; it also drives the many-windows run."""
+    """A ``Main`` with echo handlers, inline and pooled, and a stream of ``n`` 100-byte items (a
+    generator: it runs on the pool, as the window's credit allows); it also drives the many-windows run."""
     seen: set[str] = set()
     seen_changed = threading.Condition()
 
@@ -294,6 +334,13 @@ def serve_zp_main() -> None:
         main.on_msg_from_render(lambda event, args: args, channel="echo", inline=True)
         main.on_msg_from_render(lambda event, args: args, channel="echo_pooled")
         main.on_msg_from_render(saw, channel="bench.seen", inline=True)
+
+        def items(event: Any, n: int) -> Iterator[bytes]:
+            item = bytes(SMALL)
+            for _ in range(n):
+                yield item
+
+        main.on_msg_from_render(items, channel="bench.stream")
 
         def windows() -> dict[str, Any]:
             return {"count": len(main.get_all_windows())}
@@ -371,6 +418,7 @@ SERVERS: dict[str, Callable[..., None]] = {
     "raw-forward": serve_raw_forward,
     "raw-sink": serve_raw_sink,
     "raw-sub": serve_raw_sub,
+    "raw-stream": serve_raw_stream,
     "raw-router": serve_raw_router,
     "raw-dealers": serve_raw_dealers,
     "zp-main": serve_zp_main,

@@ -15,6 +15,7 @@ import math
 import pickle
 import queue
 import secrets
+import struct
 import subprocess
 import sys
 import threading
@@ -114,6 +115,36 @@ def _pipelined(request: Callable[[bytes], Any], total: int, payload: bytes) -> f
         outstanding.drain()
         elapsed = time.perf_counter() - start
     return total / elapsed
+
+
+def _streamed(consume: Callable[[int], int], total: int) -> float:
+    """Items per second of a stream of ``total`` items, from asking to the end: ``consume(total)`` asks
+    for one and takes every item, returning how many came. The first stream warms up."""
+    for _ in range(2):
+        start = time.perf_counter()
+        got = consume(total)
+        elapsed = time.perf_counter() - start
+        if got != total:
+            raise BenchError(f"a stream of {total} items brought {got}")
+    return total / elapsed
+
+
+def _raw_stream(dealer: zmq.Socket[Any], total: int) -> int:
+    """Ask ``serve_raw_stream`` for ``total`` items, ``INFLIGHT`` ahead, and take them all, returning
+    credit as zprokit's ``ReplyStream`` does: every ``INFLIGHT // 2`` items taken. How many came."""
+    batch = max(1, INFLIGHT // 2)
+    dealer.send(struct.pack("!II", total, INFLIGHT))
+    got = taken = 0
+    try:
+        while dealer.recv():  # an empty frame: the end
+            got += 1
+            taken += 1
+            if taken >= batch:
+                dealer.send(struct.pack("!I", taken))
+                taken = 0
+    except zmq.Again:
+        raise BenchError(f"raw stream: no item within {CHILD_TIMEOUT} s after {got} of {total}") from None
+    return got
 
 
 class _Outstanding:

@@ -25,6 +25,16 @@ What each row does (raw side | zprokit side):
   with ``protocol.pack``/``unpack`` and checked, one thread per
   process: no futures, deadlines, replay guard, registry or I/O loop; what
   signing and pickling alone cost beside raw pyzmq;
+- stream of small items, 64 ahead, items/s from asking to the end (after one
+  untimed stream): a DEALER here asking a ROUTER process for ``n`` 100-byte
+  items with 64 credits; the producer sends while it has credit and waits
+  for more, the consumer returns 32 credits each time it has taken 32, and
+  an empty frame ends it | a ``Window`` here iterating
+  ``render_stream_from_main(n, prefetch=64)`` from a ``Main`` process whose
+  generator handler yields the items (on its pool, as the credit allows;
+  the window returns credit, MORE, in the same batches of 32). In the JSON,
+  ``checks.stream_vs_pipelined`` sets zprokit's stream beside its own
+  pipelined requests;
 - window -> window: DEALER here -> a ROUTER forwarder process (routes by a
   target frame, blocks when the receiver is full) -> a DEALER in a third
   process, counted there | ``render_msg_to_render`` one-way with 64
@@ -82,7 +92,8 @@ from . import add_arguments
 from ._children import SERVERS
 from ._common import CHILD_TIMEOUT, INFLIGHT, LOCAL, SMALL, BenchError
 from ._measure import (_bandwidth, _brief, _Child, _numbered, _Outstanding, _pipelined, _raw_client, _raw_echo_array,
-                       _raw_echo_bytes, _raw_pipelined, _round_trips, _rss_kib, _split, _timed_flow, _Wire)
+                       _raw_echo_bytes, _raw_pipelined, _raw_stream, _round_trips, _rss_kib, _split, _streamed,
+                       _timed_flow, _Wire)
 
 __all__ = ["BenchError", "METRICS", "add_arguments", "run", "main"]
 
@@ -110,6 +121,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("pipelined_pooled_rps", "pipelined, 64 in flight, pooled", "req/s", "higher"),
     Metric("floor_rtt_p50_us", "round trip p50, wire format alone", "µs", "lower"),
     Metric("floor_pipelined_rps", "pipelined, wire format alone", "req/s", "higher"),
+    Metric("stream_ips", "stream of small items, 64 ahead", "items/s", "higher"),
     Metric("window_to_window_mps", "window -> window via the main", "msg/s", "higher"),
     Metric("broadcast_mps", "broadcast to {subscribers} windows", "msg/s", "higher"),
     Metric("bytes_1mib_gbps", "1 MiB bytes round trip", "GB/s", "higher"),
@@ -125,6 +137,7 @@ METRICS: tuple[Metric, ...] = (
 class Sizes:
     rtt: int  # sequential round trips timed (after rtt // 10 untimed)
     pipelined: int  # requests per pipelined run
+    stream: int  # items per stream (after one untimed stream as long)
     flow: int  # one-way messages timed, window -> window and per broadcast receiver
     warm: int  # one-way messages sent before timing starts
     big: dict[int, int]  # payload size -> round trips timed
@@ -136,10 +149,10 @@ class Sizes:
     @classmethod
     def choose(cls, quick: bool, rounds: int | None, windows: int | None) -> "Sizes":
         if quick:
-            return cls(rtt=300, pipelined=1500, flow=1500, warm=200, big={MiB: 8, 64 * MiB: 1}, subscribers=2,
-                       windows=windows or 20, routed=600, rounds=rounds or 1)
-        return cls(rtt=5000, pipelined=20000, flow=20000, warm=1000, big={MiB: 100, 64 * MiB: 5}, subscribers=4,
-                   windows=windows or 200, routed=10000, rounds=rounds or 3)
+            return cls(rtt=300, pipelined=1500, stream=1500, flow=1500, warm=200, big={MiB: 8, 64 * MiB: 1},
+                       subscribers=2, windows=windows or 20, routed=600, rounds=rounds or 1)
+        return cls(rtt=5000, pipelined=20000, stream=50000, flow=20000, warm=1000, big={MiB: 100, 64 * MiB: 5},
+                   subscribers=4, windows=windows or 200, routed=10000, rounds=rounds or 3)
 
 
 def _numpy() -> Any:
@@ -161,6 +174,7 @@ def run(sizes: Sizes, out: TextIO = sys.stdout, progress: TextIO | None = sys.st
     samples: dict[str, dict[str, list[float]]] = {m.key: {"raw": [], "zprokit": []} for m in METRICS}
     groups: list[tuple[str, Callable[[str], dict[str, float]]]] = [
         ("request/reply", bench.request_reply),
+        ("stream", bench.stream),
         ("window -> window", bench.window_to_window),
         ("broadcast", bench.broadcast),
         ("payloads", bench.payloads),
@@ -175,6 +189,7 @@ def run(sizes: Sizes, out: TextIO = sys.stdout, progress: TextIO | None = sys.st
                 for metric, value in measure(side).items():
                     samples[metric][side].append(value)
     results = _summarize(samples, sizes)
+    bench.checks.update(_stream_vs_pipelined(results))
     report = {
         "machine": machine,
         "config": {"rounds": sizes.rounds, "windows": sizes.windows, "subscribers": sizes.subscribers,
@@ -205,6 +220,20 @@ def _summarize(samples: dict[str, dict[str, list[float]]], sizes: Sizes) -> dict
             "rounds": {"raw": raw, "zprokit": zp},
         }
     return results
+
+
+def _stream_vs_pipelined(results: dict[str, Any]) -> dict[str, Any]:
+    """zprokit's stream beside its own pipelined requests (the streams' requirement: at least as many
+    items per second as requests), from the medians."""
+    keys = ("stream_ips", "pipelined_rps", "pipelined_pooled_rps")
+    if not all(k in results for k in keys):
+        return {}
+    stream, inline, pooled = (results[k]["zprokit"] for k in keys)
+    return {"stream_vs_pipelined": {
+        "stream_ips": stream, "pipelined_rps": inline, "pipelined_pooled_rps": pooled,
+        "ratio_inline": stream / inline, "ratio_pooled": stream / pooled,
+        "at_least_as_fast": stream >= max(inline, pooled),
+    }}
 
 
 def machine_info() -> dict[str, Any]:
@@ -342,6 +371,32 @@ class _Bench:
                 results["floor_rtt_p50_us"] = _round_trips(lambda payload: wire.call(dealer, payload), s.rtt)[0]
                 results["floor_pipelined_rps"] = _raw_pipelined(dealer, s.pipelined, wire)
             return results
+
+    # a stream ----------------------------------------------------------------------------------
+
+    def stream(self, side: str) -> dict[str, float]:
+        n = self.sizes.stream
+        with self.children() as start:
+            if side == "raw":
+                producer = start("raw-stream")
+                with _raw_client(producer.expect("ready")["endpoint"]) as dealer:
+                    return {"stream_ips": _streamed(lambda total: _raw_stream(dealer, total), n)}
+            main = start("zp-main")
+            endpoint = main.expect("ready")["endpoint"]
+            with Window("bench-client", endpoint, key=self.key) as window:
+                def consume(total: int) -> int:
+                    got = 0
+                    try:
+                        with window.render_stream_from_main(total, channel="bench.stream", prefetch=INFLIGHT,
+                                                            timeout=CHILD_TIMEOUT) as items:
+                            for _ in items:
+                                got += 1
+                    except Exception as e:
+                        raise BenchError(f"a stream failed after {got} of {total} items: "
+                                         f"{type(e).__name__}: {e}") from None
+                    return got
+
+                return {"stream_ips": _streamed(consume, n)}
 
     # window -> window ------------------------------------------------------------------------
 
