@@ -25,6 +25,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
 from ._dispatch import Dispatcher
+from ._groups import Balancer
 from ._loop import IOLoop, SharedSocket
 from ._main_sockets import peer_address, source_fd
 from ._ratelimit import RateLimitedLog
@@ -88,6 +89,7 @@ class Router:
         self.closing = False  # set by Main.close(): liveness stops dropping windows (and telling listeners)
         self.batching = False  # the loop is working through a batch of messages (see Server._answerer)
         self.server = Server(self, dispatch, serializer, handlers, max_queued)
+        self.balancer = Balancer(session)  # before the relay, which picks group members with it
         self.relay = Relay(self)
 
     # ------------------------------------------------------------------ in (I/O thread)
@@ -243,7 +245,8 @@ class Router:
         lost = PeerLost(f"window {name!r} left ({reason}) with the request pending")
         self._pending.fail_all(lambda future: lost, target=name)
         for route in self.session.routes_to(name):
-            self.send_error(route.source, route.source_msg_id, lost)
+            if not self.relay.send_on(route, lost):  # a group call with retries left goes to another member
+                self.send_error(route.source, route.source_msg_id, lost)
         self.relay.window_left(peer, lost)
         log.info("window %r disconnected (%s)", name, reason)
         self._tell_left(peer, reason)

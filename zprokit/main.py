@@ -29,7 +29,6 @@ import zmq
 
 from . import _env, protocol
 from ._callbacks import DEFAULT_CHANNEL, F, registrar
-from ._calls import timeout_ms
 from ._common import (
     DEFAULT_TIMEOUT,
     check_channel,
@@ -42,6 +41,7 @@ from ._common import (
     fork_generation,
 )
 from ._dispatch import Dispatcher
+from ._groups import MainCalls
 from ._requests import PendingRequests, ReplyFuture
 from ._loop import IOLoop, SharedSocket
 from ._main_sockets import MainSockets
@@ -191,6 +191,8 @@ class Main:
             self.serializer, max_size=max_size, max_queued=self.max_queued, handlers=self._handlers,
             welcome=self._sockets.welcome, forget_login=self._sockets.forget_login, on_registered=self._presence.registered,
             on_ready=self._presence.ready, on_left=self._presence.left)
+        self._calls = MainCalls(self._router, self._pending, self._session, self.serializer, self.request_timeout,
+                                self._check_open)
         self._publisher = Publisher(self._pub_s, self._loop, signer, self._session, self.heartbeat,
                                     self._router.registered)
         self._loop.add_shared(self._router_s, self._router.on_message, self._router.end_batch)
@@ -310,20 +312,23 @@ class Main:
         """
         peer, payload = self._prepare(name, msg, channel)
         limit = self.request_timeout if timeout is None else check_timeout(timeout)
-        msg_id = self._session.next_id()
-        future: ReplyFuture[Any] = ReplyFuture(f"main_call_render({peer.name!r}, channel={channel!r})",
-                                               on_cancel=functools.partial(self._cancel_call, msg_id, peer.name))
-        self._pending.add(msg_id, future, limit, target=peer.name)
-        try:
-            sent = self._router.send_to(peer.name, Kind.REQUEST, msg_id, channel, payload, raise_full=True,
-                                        timeout_ms=timeout_ms(limit))
-        except BaseException:  # QueueFull, or anything else: no entry is left behind
-            self._pending.pop(msg_id)
-            raise
-        if not sent:
-            self._pending.pop(msg_id)
-            self._not_found(peer.name)
-        return future
+        future = self._calls.send(peer, payload, channel, limit, f"main_call_render({peer.name!r}, channel={channel!r})")
+        return future if future is not None else self._not_found(peer.name)  # None: the window left just now
+
+    def call_any(self, group: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+                 retries: int = 0) -> ReplyFuture[Any]:
+        """Ask the member of worker group ``group`` with the fewest of this main's calls in flight
+        (equals in turn); if it leaves first (``PeerLost``), another member, up to ``retries`` times,
+        within the one ``timeout``. ``WindowNotFound`` at once for a group with no live member; else
+        the future raises as ``main_call_render``'s. ``cancel()`` cancels the member's call."""
+        return self._calls.call_any(group, msg, channel, timeout, retries)
+
+    def call_all(self, msg: Any, *, group: str | None = None, channel: str = DEFAULT_CHANNEL,
+                 timeout: float | None = None) -> ReplyFuture[dict[str, Any]]:
+        """Ask every member of ``group`` now (every window for None): a future of ``{window name: its
+        result, or the exception its call ended with}`` (``Timeout`` if not answered within
+        ``timeout``): one failure never fails the whole; no member: ``{}``. ``cancel()`` cancels all."""
+        return self._calls.call_all(group, msg, channel, timeout)
 
     def _prepare(self, name: str, msg: Any, channel: str) -> tuple[Peer, list[Any]]:
         """Check a send to window ``name`` and serialize ``msg``: the window and the payload."""
@@ -498,11 +503,6 @@ class Main:
         threading.Thread(target=self.close, name="zprokit-main-close", daemon=True).start()
 
     # ================================================================== on the I/O thread
-
-    def _cancel_call(self, msg_id: int, name: str) -> None:
-        """The caller cancelled the future of ``msg_id``: forget it, and tell the window's callback."""
-        if self._pending.pop(msg_id) is not None:
-            self._router.send_to(name, Kind.CANCEL, msg_id)
 
     def _on_expired(self, msg_id: int, target: str | None) -> None:
         """Our ``main_call_render`` ``msg_id`` timed out: tell the window, so it does not start it late."""
