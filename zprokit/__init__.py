@@ -10,6 +10,8 @@ from __future__ import annotations
 from ._requests import ReplyFuture
 from .api import (
     broadcast,
+    call_all,
+    call_any,
     create_window,
     destroy_window,
     get_all_windows,
@@ -32,6 +34,7 @@ from .api import (
     on_render_msg_to_render,
     on_window_connected,
     on_window_disconnected,
+    render_call_any,
     render_call_render,
     render_msg_to_main,
     render_msg_to_render,
@@ -77,6 +80,8 @@ __all__ = [
     "off_msg_from_render",
     "main_msg_to_render",
     "main_call_render",
+    "call_any",
+    "call_all",
     "broadcast",
     "create_window",
     "get_window",
@@ -96,6 +101,7 @@ __all__ = [
     "on_render_msg_to_render",
     "off_render_msg_to_render",
     "render_call_render",
+    "render_call_any",
     "on_broadcast",
     "off_broadcast",
     # electron-prokit's newer names

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from typing import Any, Callable, cast, overload
+from typing import Any, Callable, Iterable, cast, overload
 
 import zmq
 
@@ -33,9 +33,12 @@ from ._common import (
     check_count,
     check_endpoint,
     check_forked,
+    check_group,
     check_interval,
     check_liveness,
+    check_retries,
     check_timeout,
+    check_window_groups,
     closed_by_failure,
     fork_generation,
     short,
@@ -87,7 +90,10 @@ class Window:
     reads; the main is told in the handshake and refuses larger ones with
     ``MessageTooLarge`` before sending. The main's own limit comes back the
     same way: a request or message over it fails at once with
-    ``MessageTooLarge``, never with a timeout. Timeouts may be ``None`` or
+    ``MessageTooLarge``, never with a timeout. ``groups``: the worker groups
+    this window joins (names: non-empty, no NUL, at most 255 bytes of UTF-8;
+    at most 64), for the main's ``call_any`` and ``call_all`` and other
+    windows' ``render_call_any``; ``WindowInfo.groups`` shows them. Timeouts may be ``None`` or
     ``math.inf`` (no limit); ``heartbeat`` and ``liveness`` must be finite.
 
     Liveness: the window pings the main whenever it has been quiet for
@@ -131,6 +137,7 @@ class Window:
         max_payload: int | None = None,
         ready: bool = True,
         max_queued: int = 1000,
+        groups: Iterable[str] = (),
     ) -> None:
         name = normalize_name(name or os.environ.get(_env.NAME))
         endpoint = endpoint or os.environ.get(_env.ENDPOINT)
@@ -141,6 +148,7 @@ class Window:
             raise ValueError(f"{problem}: {short(name)}")
         self.max_payload: int | None = check_count(max_payload, "max_payload", "bytes", optional=True)
         self.max_queued: int = check_count(max_queued, "max_queued", "messages")
+        self.groups: tuple[str, ...] = check_window_groups(groups)
         if not endpoint:
             raise ValueError(f"a window needs the main's endpoint: pass endpoint=... or set {_env.ENDPOINT}")
         self.name = name
@@ -285,8 +293,19 @@ class Window:
         name = _check_target(name)
         return self._request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
 
+    def render_call_any(
+        self, group: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None, retries: int = 0
+    ) -> ReplyFuture[Any]:
+        """Ask one member of worker group ``group`` through the main, as its ``call_any`` picks one
+        (the least loaded); if it leaves first, another, up to ``retries`` times, within the one
+        ``timeout``. ``WindowNotFound`` (through the future) if the group has no live member."""
+        group = check_group(group)
+        return self._request(Kind.REQUEST, group, channel, msg, timeout, f"render_call_any({group!r})",
+                             count=check_retries(retries), flags=protocol.FLAG_GROUP)
+
     def _request(
-        self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str
+        self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str,
+        count: int = 0, flags: int = 0,
     ) -> ReplyFuture[Any]:
         self._check_open()
         check_channel(channel)
@@ -303,7 +322,7 @@ class Window:
             self._pending.add(msg_id, future, timeout, callee)
             try:
                 if self._link.send(kind, msg_id, target, channel, payload, raise_full=True,
-                                   timeout_ms=timeout_ms(timeout)):
+                                   timeout_ms=timeout_ms(timeout), count=count, flags=flags):
                     return future
             except BaseException:  # QueueFull, or anything else: no entry is left behind
                 self._pending.pop(msg_id)
