@@ -93,3 +93,20 @@ def streamer(window):
             n += 1
 
     window.wait_closed()
+
+
+def group_member(window):
+    """A member of a worker group (create_window(..., groups=...)). ``stall``: the member the call
+    names reports that it has the call and never answers (the test kills it), any other answers
+    with its own name; ``hold`` waits until its caller gives up."""
+    import threading
+
+    def stall(event, victim):
+        if victim == window.name:
+            window.render_msg_to_main(("stalled", window.name, os.getpid()), channel="report").result(10)
+            threading.Event().wait()
+        return window.name
+
+    window.on_msg_from_main(stall, channel="stall")
+    window.on_msg_from_main(lambda event, _: event.cancelled.wait(60), channel="hold")
+    window.wait_closed()

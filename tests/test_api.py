@@ -177,6 +177,25 @@ def test_handler_exception_becomes_remote_error_and_main_keeps_serving(main, win
     assert main.stats()["requests_served"] >= 4
 
 
+def test_calls_sent_back_to_back_run_side_by_side_in_the_main_and_in_a_window(main, window):
+    """A pool starts a thread for each call that finds none free, however quickly the calls come:
+    a second call never waits behind a first that blocks, while the pool has room."""
+    both = threading.Barrier(2, timeout=WAIT)  # passes only once two handlers run at once
+
+    def meet(event, args):
+        both.wait()
+        return args
+
+    main.on_msg_from_render(meet, channel="meet")
+    w = window()
+    futures = [w.render_msg_to_main(i, channel="meet") for i in range(2)]
+    assert [f.result(WAIT) for f in futures] == [0, 1]
+    both.reset()
+    w.on_msg_from_main(meet, channel="meet")
+    futures = [main.main_call_render(w.name, i, channel="meet") for i in range(2)]
+    assert [f.result(WAIT) for f in futures] == [0, 1]
+
+
 def test_unknown_channel_fails_at_once_with_no_handler(main, window):
     w = window()
     started = time.monotonic()
@@ -1138,11 +1157,12 @@ def test_public_names_are_pinned():
         "Main", "Window", "Event", "WindowInfo", "WindowProcess", "ReplyFuture", "ReplyStream",
         "main_stream_from_render", "render_stream_from_main", "render_stream_from_render",
         "init_ipc", "get_main", "on_msg_from_render", "off_msg_from_render", "main_msg_to_render",
-        "main_call_render", "broadcast", "create_window", "get_window", "has_window", "get_all_windows", "wait_for_window",
+        "main_call_render", "call_any", "call_all", "broadcast", "create_window", "get_window", "has_window",
+        "get_all_windows", "wait_for_window",
         "destroy_window", "on_window_connected", "on_window_disconnected",
         "init_expose_in_main_world", "get_render", "render_msg_to_main", "on_msg_from_main",
         "off_msg_from_main", "render_msg_to_render", "on_render_msg_to_render", "off_render_msg_to_render",
-        "render_call_render", "on_broadcast", "off_broadcast",
+        "render_call_render", "render_call_any", "on_broadcast", "off_broadcast",
         "send_msg_to_render", "send_msg_to_main", "send_msg_to_other_render", "on_msg_from_other_render",
         "ZprokitError", "WindowNotFound", "NoHandler", "RemoteError", "Timeout", "PeerLost", "NameInUse",
         "AuthenticationError", "ProtocolError", "QueueFull", "MessageTooLarge", "Closed",

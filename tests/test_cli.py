@@ -38,7 +38,7 @@ COMMANDS = ["demo", "main", "window", "windows", "ping", "keygen", "bench"]
 API_ROWS = [
     "init_ipc", "on_msg_from_render", "render_msg_to_main", "main_msg_to_render", "on_msg_from_main",
     "main_call_render", "broadcast", "on_broadcast", "render_msg_to_render", "on_render_msg_to_render",
-    "render_call_render", "create_window", "init_expose_in_main_world", "get_window", "has_window",
+    "render_call_render", "call_any", "call_all", "render_call_any", "create_window", "init_expose_in_main_world", "get_window", "has_window",
     "get_all_windows", "destroy_window", "on_window_connected", "on_window_disconnected", "stats()",
     "close()", "NoHandler", "RemoteError", "WindowNotFound",
 ]

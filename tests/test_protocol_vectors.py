@@ -27,7 +27,13 @@ INPUTS = {
     "broadcast": (dict(zip(HEADER, (Kind.BROADCAST, 0, 3, B, protocol.NO_SESSION, "", "", "news"))), [b'"hi"'],
                   b"Bnews"),
     "two-frames": (dict(zip(HEADER, (Kind.MESSAGE, 9, 4, A, B, "w", "x", "c"))), [b"\x00" * 4, b"\x01\x02"], None),
+    "group-request": (dict(zip(HEADER, (Kind.REQUEST, 11, 5, A, B, "w", "gpu", "job"))), [b"1"], None),
 }
+# The header fields past the strings, where a vector states them (the others are 0).
+EXTRA = {
+    "group-request": {"timeout_ms": 5000, "count": 2, "flags": protocol.FLAG_GROUP},
+}
+ZEROS = {"timeout_ms": 0, "count": 0, "flags": 0}
 
 
 def vectors() -> dict[str, list[bytes]]:
@@ -46,13 +52,15 @@ def test_a_vector_is_what_pack_makes_and_unpack_accepts(name):
     header, payload, topic = INPUTS[name]
     expected = vectors()[name]
     signer = Signer(KEY)
-    made = [bytes(f) for f in pack(signer, **header, payload=payload, topic=topic)]
+    extra = EXTRA.get(name, {})
+    made = [bytes(f) for f in pack(signer, **header, payload=payload, topic=topic, **extra)]
     assert made == expected
     # A broadcast's first frame is its topic: the receiver takes it off and passes it, as it is signed.
     frames, wire_topic = (expected[1:], expected[0]) if topic is not None else (expected, None)
     assert wire_topic == topic
     msg = unpack(signer, frames, topic=wire_topic)
     assert {f: getattr(msg, f) for f in HEADER} == header
+    assert {f: getattr(msg, f) for f in ZEROS} == {**ZEROS, **extra}
     assert [bytes(p) for p in msg.payload] == payload
     with pytest.raises(Rejected, match="bad_signature"):
         unpack(Signer(b"another key entirely, 32 bytes."), frames, topic=wire_topic)

@@ -68,6 +68,8 @@ async def on_main(main: Main, event: Event) -> None:
 
     assert_type(main.main_call_render("w", 1), ReplyFuture[Any])
     assert_type(main.main_call_render("w", 1).result(1.0), Any)
+    assert_type(main.call_any("gpu", 1, retries=2), ReplyFuture[Any])
+    assert_type(main.call_all(1, group="gpu").result(1.0), dict[str, Any])
     assert_type(main.create_window("w", "pkg.mod:target"), WindowProcess)
     assert_type(main.stats(), MainStats)
     assert_type(main.stats()["rejected"], dict[str, int])
@@ -117,6 +119,7 @@ def on_window(window: Window, event: Event) -> None:
     assert_type(window.render_msg_to_render("work", 1), ReplyFuture[None])
     assert_type(window.render_msg_to_render("work", 1).result(1.0), None)
     assert_type(window.render_call_render("work", 1), ReplyFuture[Any])
+    assert_type(window.render_call_any("gpu", 1, retries=1), ReplyFuture[Any])
     assert_type(window.stats(), WindowStats)
     assert_type(window.stats()["late_replies"], int)
 
@@ -165,6 +168,9 @@ def module_level(event: Event) -> None:
     assert_type(zprokit.send_msg_to_other_render("work", 1), ReplyFuture[None])
     assert_type(zprokit.render_call_render("work", 1), ReplyFuture[Any])
     assert_type(zprokit.main_call_render("work", 1), ReplyFuture[Any])
+    assert_type(zprokit.call_any("gpu", 1), ReplyFuture[Any])
+    assert_type(zprokit.call_all(1), ReplyFuture[dict[str, Any]])
+    assert_type(zprokit.render_call_any("gpu", 1), ReplyFuture[Any])
     assert_type(zprokit.create_window("work", "pkg.mod:target"), WindowProcess)
 
 

@@ -11,6 +11,8 @@ from ._requests import ReplyFuture
 from ._streams import ReplyStream
 from .api import (
     broadcast,
+    call_all,
+    call_any,
     create_window,
     destroy_window,
     get_all_windows,
@@ -34,6 +36,7 @@ from .api import (
     on_render_msg_to_render,
     on_window_connected,
     on_window_disconnected,
+    render_call_any,
     render_call_render,
     render_msg_to_main,
     render_msg_to_render,
@@ -82,6 +85,8 @@ __all__ = [
     "off_msg_from_render",
     "main_msg_to_render",
     "main_call_render",
+    "call_any",
+    "call_all",
     "broadcast",
     "create_window",
     "get_window",
@@ -102,6 +107,7 @@ __all__ = [
     "on_render_msg_to_render",
     "off_render_msg_to_render",
     "render_call_render",
+    "render_call_any",
     "on_broadcast",
     "off_broadcast",
     "render_stream_from_main",

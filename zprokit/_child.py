@@ -80,6 +80,7 @@ def main() -> int:
             # The main's wait_for_window returns once the target's callbacks are in place: when
             # it waits in wait_closed(), calls window.ready(), or returns.
             ready=False,
+            groups=spec.groups,
         )
         target(window)
         window.ready()

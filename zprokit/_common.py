@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .errors import Closed
+from .protocol import check_group_name, check_groups, normalize_name
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every request has one, so nothing waits forever by default
 MAX_STR = 0xFFFF  # a channel, topic or name is at most this many bytes of UTF-8 (the header's length field)
@@ -52,6 +53,42 @@ def check_count(value: Any, what: str, unit: str, optional: bool = False) -> Any
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive number of {unit}, got {short(value)}")
     return value
+
+
+def check_window_groups(groups: Any) -> tuple[str, ...]:
+    """The groups a window joins, as given (any iterable of names but a str), in order, each once;
+    ``ValueError`` at once if one is not a name (non-empty, no NUL, at most 255 bytes of UTF-8) or
+    there are more than 64."""
+    if isinstance(groups, (str, bytes)):  # a str is iterable too: "gpu" would join g, p and u
+        raise ValueError(f"groups must be a list of group names, not one {type(groups).__name__}: "
+                         f"write groups=({short(groups)},)")
+    try:
+        names = tuple(dict.fromkeys(normalize_name(group) for group in groups))
+    except TypeError:
+        raise ValueError(f"groups must be a list of group names, got {short(groups)}") from None
+    problem = check_groups(names)
+    if problem:
+        raise ValueError(f"{problem}: {short(names)}")
+    return names
+
+
+def check_group(group: Any) -> str:
+    """The name of a group to call (NFC, as windows announce theirs); else ``ValueError`` at once."""
+    problem = check_group_name(group)
+    if problem:
+        raise ValueError(f"{problem}: {short(group)}")
+    name: str = group
+    return normalize_name(name)
+
+
+MAX_RETRIES = 2**32 - 1  # the header's count is a u32
+
+
+def check_retries(retries: Any) -> int:
+    """How many times a group call may go to another member: a whole number, 0 or more."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}, got {short(retries)}")
+    return retries
 
 
 def closed_by_failure(description: str, exc: BaseException) -> Closed:

@@ -21,6 +21,7 @@ from zprokit import AuthenticationError, Main, NoHandler, RemoteError, Timeout, 
 
 TIMEOUT = 5.0
 WINDOWS = ("render", "work")
+GROUPS = {"work": ("workers",)}  # the worker groups each window joins
 E = TypeVar("E", bound=ZprokitError)
 
 
@@ -91,6 +92,7 @@ def render(window: Window) -> None:
         "hello": lambda: window.render_msg_to_main("sendMsgToMain Hello").result(TIMEOUT),
         "to work": lambda: window.render_msg_to_render("work", "Hello Work").result(TIMEOUT),
         "sum": lambda: window.render_call_render("work", [1, 2, 3], channel="sum").result(TIMEOUT),
+        "any sum": lambda: window.render_call_any("workers", [4, 5, 6], channel="sum").result(TIMEOUT),
         "no handler": lambda: named(raised(ZprokitError, lambda: window.render_msg_to_main("?", channel="nowhere").result(TIMEOUT))),
         "to ghost": lambda: named(raised(ZprokitError, lambda: window.render_msg_to_render("ghost", "boo").result(TIMEOUT))),
         "async": lambda: window.render_msg_to_main([1, 2, 3], channel="slow_sum").result(TIMEOUT),
@@ -202,7 +204,8 @@ def _play(main: Main, t: Transcript, inbox: Inbox) -> None:
     def step(name: str, what: str) -> Any:
         return zprokit.main_call_render(name, what, channel="step").result(2 * TIMEOUT)
 
-    procs = {name: zprokit.create_window(name, f"zprokit._demo:{name}") for name in WINDOWS}
+    procs = {name: zprokit.create_window(name, f"zprokit._demo:{name}", groups=GROUPS.get(name, ()))
+             for name in WINDOWS}
 
     @t.check("create_window + init_expose_in_main_world + on_window_connected")
     def started() -> str:
@@ -267,6 +270,21 @@ def _play(main: Main, t: Transcript, inbox: Inbox) -> None:
         inbox.take(what="request", sender="render", receiver="work", channel="sum")
         expect(got == 6, f"reply {got!r}")
         return "window to window request/reply"
+
+    @t.check("call_any + call_all + render_call_any (worker groups)")
+    def groups() -> str:
+        info = zprokit.get_window("work")
+        expect(info is not None and info.groups == ("workers",), f"work's groups: {info}")
+        t.line("main", "workers", "[double] call_any", "21")
+        got = zprokit.call_any("workers", 21, channel="double").result(TIMEOUT)
+        t.line("work", "main", "reply", repr(got))
+        every = zprokit.call_all(21, group="workers", channel="double").result(TIMEOUT)
+        t.line("workers", "main", "call_all", repr(every))
+        summed = step("render", "any sum")
+        inbox.take(what="request", sender="render", receiver="work", channel="sum")
+        t.line("work", "render", "reply", repr(summed))
+        expect(got == 42 and every == {"work": 42} and summed == 15, f"{got!r}, {every!r}, {summed!r}")
+        return "work joined 'workers': the least-loaded member answers; call_all gathers every member's answer"
 
     @t.check("NoHandler")
     def no_handler() -> str:
@@ -368,7 +386,7 @@ def _play(main: Main, t: Transcript, inbox: Inbox) -> None:
     def stats() -> str:
         s: Mapping[str, Any] = main.stats()
         keys = ("messages_in", "messages_out", "requests_served", "messages_routed", "windows")
-        expect(s["windows"] == 2 and s["requests_served"] == len(served) and s["messages_routed"] == 2, str(s))
+        expect(s["windows"] == 2 and s["requests_served"] == len(served) and s["messages_routed"] == 3, str(s))
         expect(not any(s["rejected"].values()), f"rejected {s['rejected']}")
         return " ".join(f"{k}={s[k]}" for k in keys) + f" rejected={s['rejected']}"
 

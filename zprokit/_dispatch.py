@@ -38,7 +38,8 @@ class Dispatcher:
         self._max = workers
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # threads not running a job (started, or waiting for one)
+        self._queued = 0  # jobs put in the queue and not yet taken by a thread
         self._lock = threading.Lock()
         self._lanes: dict[Any, collections.deque[Callable[[], None]]] = {}
         self._closed = False
@@ -58,7 +59,11 @@ class Dispatcher:
         with self._lock:
             if self._closed:
                 raise RuntimeError("dispatcher closed")
-            if self._idle == 0 and len(self._threads) < self._max:
+            self._queued += 1
+            # An idle thread may be spoken for already, by a job queued before this one that it has
+            # not taken yet: a new thread, unless there are as many idle threads as queued jobs.
+            # (Comparing with 0 left a second job submitted at once waiting behind the first.)
+            if self._queued > self._idle and len(self._threads) < self._max:
                 t = threading.Thread(target=self._work, name=f"{self.name}-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
                 self._idle += 1
@@ -103,6 +108,7 @@ class Dispatcher:
                 return
             with self._lock:
                 self._idle -= 1
+                self._queued -= 1
             _call(fn)
             with self._lock:
                 self._idle += 1

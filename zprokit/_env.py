@@ -10,6 +10,7 @@ writes that environment in the main and reads it back in the child.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -42,6 +43,7 @@ EXIT_WITH_MAIN = "ZPROKIT_EXIT_WITH_MAIN"
 HEARTBEAT = "ZPROKIT_HEARTBEAT"
 LIVENESS = "ZPROKIT_LIVENESS"
 PARENT_PID = "ZPROKIT_PARENT_PID"
+GROUPS = "ZPROKIT_GROUPS"  # the worker groups it joins, a JSON list
 TARGET_FD = "ZPROKIT_TARGET_FD"
 
 _INHERITED_SECRETS = (KEY, KEY_FILE, CURVE_SECRET, CURVE_SERVER)
@@ -61,6 +63,7 @@ class ChildSpec:
     curve_secret_key: str | None = None  # its own CURVE keypair's secret, under CURVE
     curve_server_key: str | None = None  # the main's CURVE public key
     parent_pid: int = 0
+    groups: tuple[str, ...] = ()  # the worker groups it joins (checked by create_window)
 
     def environ(self, base: Mapping[str, str]) -> dict[str, str]:
         """``base`` (the parent's environment) with the spec written in; keys the parent
@@ -75,6 +78,7 @@ class ChildSpec:
             HEARTBEAT: repr(self.heartbeat),
             LIVENESS: str(self.liveness),
             PARENT_PID: str(self.parent_pid or os.getpid()),
+            GROUPS: json.dumps(list(self.groups)),
         })
         if self.curve_secret_key is not None and self.curve_server_key is not None:
             env.update({CURVE_SECRET: self.curve_secret_key, CURVE_SERVER: self.curve_server_key})
@@ -92,7 +96,16 @@ class ChildSpec:
             liveness=int(env.get(LIVENESS, "3")),
             exit_with_main=env.get(EXIT_WITH_MAIN, "1") == "1",
             parent_pid=int(env.get(PARENT_PID, "0") or 0),
+            groups=_group_list(env.get(GROUPS, "[]")),
         )
+
+
+def _group_list(text: str) -> tuple[str, ...]:
+    """``ZPROKIT_GROUPS``: a JSON list of names (``Window`` checks them); else ``ValueError``."""
+    groups = json.loads(text)  # a JSONDecodeError is a ValueError
+    if not isinstance(groups, list):
+        raise ValueError(f"{GROUPS} is not a JSON list")
+    return tuple(groups)
 
 
 def _connectable(endpoint: str) -> str:

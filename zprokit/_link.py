@@ -114,6 +114,7 @@ class Link:
             "max_payload": self._max_payload,
             "ready": self._hello_ready,
             "max_queued": window.max_queued,
+            "groups": list(window.groups),
         }
         probe.send_multipart(protocol.pack(self._signer, Kind.HELLO, 0, self.session.next_seq(), self.session.session,
                                            protocol.NO_SESSION, self._name, "", "", [protocol.encode_body(hello)]))

@@ -5,6 +5,12 @@ caller's id, kept by the session); its REPLY or ERROR goes back under the
 caller's id, and a CANCEL follows it to the window that has it. Payloads are
 forwarded as they came, never unpickled here.
 
+A group call (a REQUEST with ``FLAG_GROUP``: ``target`` names a group,
+``count`` how many times it may be retried) goes to the group's least-loaded
+member (``Balancer``), as an ordinary routed request; its route keeps what it
+takes to send it on (``GroupJob``), so when that member leaves with it, it
+goes to another member while retries and the caller's time remain.
+
 Flow control: a window reads at most its ``max_queued`` one-way messages
 that it has not handled (its *credit*, returned with CREDIT as it handles
 them). Past that, routed ones wait here (at most as many again, their ACKs
@@ -19,13 +25,15 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ._calls import timeout_ms
 from ._common import MAX_WAIT
+from ._groups import empty_group
 from ._serve import check_size
-from .errors import MessageTooLarge, QueueFull, WindowNotFound
-from .protocol import Kind, Message, normalize_name
-from .session import Peer
+from .errors import MessageTooLarge, PeerLost, QueueFull, WindowNotFound
+from .protocol import FLAG_GROUP, Kind, Message, normalize_name
+from .session import GroupJob, Peer, Route
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -66,6 +74,9 @@ class Relay:
 
     def _route(self, source: str, msg: Message) -> None:
         """Forward a window's MESSAGE or REQUEST to its target window, payload untouched."""
+        if msg.flags & FLAG_GROUP:
+            self._route_to_group(source, msg)
+            return
         router = self._router
         target = self._session.windows.get(normalize_name(msg.target))
         if target is None:
@@ -81,19 +92,75 @@ class Relay:
             if self._take_credit(target, source, msg):
                 self._forward(target, source, msg)
             return
-        msg_id = self._session.add_route(source, msg.msg_id, target.name)
-        try:  # a REQUEST or a STREAM, under our msg_id
-            sent = router.send_to(target.name, msg.kind, msg_id, msg.channel, msg.payload, origin=source,
-                                  raise_full=True, timeout_ms=msg.timeout_ms, count=msg.count)
-        except QueueFull as e:
-            self._session.pop_route(msg_id)
-            router.send_error(source, msg.msg_id, e)
-            return
-        if sent:
-            router.stats["messages_routed"] += 1
-        else:
-            self._session.pop_route(msg_id)
+        # a REQUEST or a STREAM, under our msg_id
+        if not self._carry(source, msg.msg_id, target, msg.channel, msg.payload, msg.timeout_ms, kind=msg.kind,
+                           count=msg.count):
             router.send_error(source, msg.msg_id, WindowNotFound(target.name))
+
+    def _carry(self, source: str, source_msg_id: int, target: Peer, channel: str, payload: Any, timeout: int,
+               job: GroupJob | None = None, kind: Kind = Kind.REQUEST, count: int = 0) -> bool:
+        """Send request ``source_msg_id`` of ``source`` on to ``target`` under a route back to its
+        caller (``timeout``: its ``timeout_ms``; ``job``: a group call's). False if ``target`` could
+        not be reached (it is dropped; nothing was sent, no route is left); else it went, or its
+        caller was told why not (``QueueFull``)."""
+        router = self._router
+        msg_id = self._session.next_id()
+        try:
+            sent = router.send_to(target.name, kind, msg_id, channel, payload, origin=source,
+                                  raise_full=True, timeout_ms=timeout, count=count)
+        except QueueFull as e:
+            router.send_error(source, source_msg_id, e)
+            return True
+        if not sent:
+            return False
+        # The route is made after the send: this (the I/O thread) is the only reader of answers, so
+        # none is read before it is in place; and a target dropped by the send has no route to fail.
+        self._session.add_route(source, source_msg_id, target.name, job, msg_id=msg_id)
+        router.stats["messages_routed"] += 1
+        return True
+
+    # --- group calls (I/O thread) ------------------------------------------------------
+
+    def _route_to_group(self, source: str, msg: Message) -> None:
+        """A window's group call (``render_call_any``): to the least-loaded member of ``msg.target``."""
+        if msg.kind != Kind.REQUEST:  # only a call goes to "any member"
+            self._router.reject("malformed", f"a group {msg.kind.name} from {source!r}")
+            return
+        group = normalize_name(msg.target)
+        deadline = time.monotonic() + msg.timeout_ms / 1000 if msg.timeout_ms else math.inf
+        job = GroupJob(group, msg.count, msg.channel, msg.payload, deadline)
+        self._to_member(source, msg.msg_id, job, empty_group(group), msg.timeout_ms)
+
+    def send_on(self, route: Route, lost: PeerLost) -> bool:
+        """``route``'s target left with it: a group call with retries and time left goes to another
+        member (True; if there is none, its caller gets ``lost``). False: its caller is to be told."""
+        job = route.job
+        now = time.monotonic()
+        if job is None or job.retries <= 0 or now >= job.deadline or route.source not in self._session.windows:
+            return False
+        job.retries -= 1
+        self._to_member(route.source, route.source_msg_id, job, lost,
+                        0 if job.deadline == math.inf else timeout_ms(job.deadline - now))
+        return True
+
+    def _to_member(self, source: str, source_msg_id: int, job: GroupJob, none_left: Exception, timeout: int) -> None:
+        """Send group call ``job`` to the least-loaded member it has not been to; with none, its
+        caller gets ``none_left``. A member found unreachable as it is sent to (it is dropped) is
+        passed over without spending a retry: it never had the call."""
+        router = self._router
+        while True:
+            target = router.balancer.pick(job.group, job.tried)
+            if target is None:
+                router.send_error(source, source_msg_id, none_left)
+                return
+            job.tried.add(target.name)
+            try:
+                check_size(target, job.payload, job.channel, source)
+            except MessageTooLarge as e:
+                router.send_error(source, source_msg_id, e)
+                return
+            if self._carry(source, source_msg_id, target, job.channel, job.payload, timeout, job):
+                return
 
     def _take_credit(self, target: Peer, source: str, msg: Message) -> bool:
         """True if ``msg`` may go now (its credit taken); else it waits here, or is refused."""

@@ -26,6 +26,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
 from ._dispatch import Dispatcher
+from ._groups import Balancer
 from ._loop import IOLoop, SharedSocket
 from ._main_sockets import peer_address, source_fd
 from ._ratelimit import RateLimitedLog
@@ -90,6 +91,7 @@ class Router:
         self.closing = False  # set by Main.close(): liveness stops dropping windows (and telling listeners)
         self.batching = False  # the loop is working through a batch of messages (see Server._answerer)
         self.server = Server(self, dispatch, serializer, handlers, max_queued)
+        self.balancer = Balancer(session)  # before the relay, which picks group members with it
         self.relay = Relay(self)
         # The main's own streams from windows (main_stream_from_render), by msg_id; weak: a stream
         # its consumer dropped goes (and has told its producer: see ReplyStream.__del__).
@@ -242,6 +244,13 @@ class Router:
         if peer is not None:
             self._left(peer, reason)
 
+    def end_calls(self) -> None:
+        """The main closed: its streams end with ``Closed``; handlers still running are told."""
+        for stream in list(self.streams.values()):
+            stream.finish(Closed(f"{stream.description}: the main was closed with the stream open"))
+        for call in list(self.session.serving.values()):
+            call.cancel()
+
     def _left(self, peer: Peer, reason: str) -> None:
         name = peer.name
         self._forget_login(name, peer.nonce)
@@ -252,7 +261,8 @@ class Router:
                 self.streams.pop(msg_id, None)
                 stream.finish(lost)
         for route in self.session.routes_to(name):
-            self.send_error(route.source, route.source_msg_id, lost)
+            if not self.relay.send_on(route, lost):  # a group call with retries left goes to another member
+                self.send_error(route.source, route.source_msg_id, lost)
         self.relay.window_left(peer, lost)
         log.info("window %r disconnected (%s)", name, reason)
         self._tell_left(peer, reason)

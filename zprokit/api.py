@@ -27,6 +27,8 @@ __all__ = [
     "off_msg_from_render",
     "main_msg_to_render",
     "main_call_render",
+    "call_any",
+    "call_all",
     "broadcast",
     "create_window",
     "get_window",
@@ -45,6 +47,7 @@ __all__ = [
     "on_render_msg_to_render",
     "off_render_msg_to_render",
     "render_call_render",
+    "render_call_any",
     "on_broadcast",
     "off_broadcast",
     "send_msg_to_render",
@@ -137,6 +140,20 @@ def main_call_render(
     return get_main().main_call_render(name, msg, channel=channel, timeout=timeout)
 
 
+def call_any(
+    group: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None, retries: int = 0
+) -> ReplyFuture[Any]:
+    """``Main.call_any``: one member of worker group ``group``, the least loaded; ``WindowNotFound`` at once if none."""
+    return get_main().call_any(group, msg, channel=channel, timeout=timeout, retries=retries)
+
+
+def call_all(
+    msg: Any, *, group: str | None = None, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
+) -> ReplyFuture[dict[str, Any]]:
+    """``Main.call_all``: every member of ``group`` (every window for None); ``{name: result or exception}``."""
+    return get_main().call_all(msg, group=group, channel=channel, timeout=timeout)
+
+
 def broadcast(msg: Any, *, topic: str = "", timeout: float | None = None) -> None:
     """``Main.broadcast``: to every window whose ``on_broadcast`` topic is a prefix of ``topic``."""
     get_main().broadcast(msg, topic=topic, timeout=timeout)
@@ -226,6 +243,13 @@ def render_call_render(
     name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
 ) -> ReplyFuture[Any]:
     return get_render().render_call_render(name, msg, channel=channel, timeout=timeout)
+
+
+def render_call_any(
+    group: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None, retries: int = 0
+) -> ReplyFuture[Any]:
+    """``Window.render_call_any``: one member of worker group ``group``, picked by the main."""
+    return get_render().render_call_any(group, msg, channel=channel, timeout=timeout, retries=retries)
 
 
 @overload

@@ -93,7 +93,7 @@ def cmd_window(args: argparse.Namespace) -> int:
     with _on_signals(stop):
         try:
             window = _connect(init_expose_in_main_world, args.name, exit_with_main=args.exit_with_main,
-                              heartbeat=args.heartbeat, liveness=args.liveness, **options)
+                              heartbeat=args.heartbeat, liveness=args.liveness, groups=args.group, **options)
         except _Stop:
             return 0
         try:
@@ -116,13 +116,21 @@ def cmd_windows(args: argparse.Namespace) -> int:
     if not rows:
         _out("no windows connected")
         return 0
-    columns = ["name", "host", "pid", "uptime"] + (["messages"] if "messages" in rows[0] else [])
+    columns = ["name", "host", "pid", "uptime"] + [c for c in ("messages", "groups") if c in rows[0]]
     table = [[c.upper() for c in columns]]
-    table += [[_uptime(row[c]) if c == "uptime" else str(row[c]) for c in columns] for row in rows]
+    table += [[_cell(c, row[c]) for c in columns] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     for r in table:
         _out("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     return 0
+
+
+def _cell(column: str, value: Any) -> str:
+    if column == "uptime":
+        return _uptime(value)
+    if column == "groups":  # a list (JSON) or tuple (pickle) of names; "-" for none, so the column lines up
+        return ",".join(value) or "-"
+    return str(value)
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -415,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("window", cmd_window, "run a window: connect, call TARGET with it, exit when it returns", [client, live])
     name = os.environ.get(_env.NAME)
     p.add_argument("--name", default=name, required=not name, help="the window's name (default: $ZPROKIT_NAME)")
+    p.add_argument("--group", action="append", default=[], metavar="GROUP",
+                   help="join worker group GROUP (repeatable), for the main's call_any and call_all")
     p.add_argument("--exit-with-main", action=argparse.BooleanOptionalAction, default=True,
                    help="close the window when the main says goodbye (default); --no-exit-with-main keeps reconnecting")
     p.add_argument("target", metavar="TARGET", help="module:function called with the connected Window")

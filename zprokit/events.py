@@ -102,3 +102,4 @@ class WindowInfo:
     # False while a window made by create_window is still setting up (its target has not yet
     # waited in wait_closed(), called ready() or returned); wait_for_window waits for True.
     ready: bool = True
+    groups: tuple[str, ...] = ()  # the worker groups it joined (Window(groups=...)), for call_any and call_all

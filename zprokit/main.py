@@ -29,7 +29,6 @@ import zmq
 
 from . import _env, protocol
 from ._callbacks import DEFAULT_CHANNEL, F, registrar
-from ._calls import timeout_ms
 from ._common import (
     DEFAULT_TIMEOUT,
     check_channel,
@@ -42,6 +41,7 @@ from ._common import (
     fork_generation,
 )
 from ._dispatch import Dispatcher
+from ._groups import MainCalls
 from ._requests import PendingRequests, ReplyFuture
 from ._loop import IOLoop, SharedSocket
 from ._main_sockets import MainSockets
@@ -175,7 +175,7 @@ class Main:
         self._born, self._pid = fork_generation(), os.getpid()
         # Built-in channels for the command-line tools; answered inline, they never wait.
         self._handlers[SYSTEM_PREFIX + "ping"] = (lambda event, args: args, True, False)
-        self._handlers[SYSTEM_PREFIX + "windows"] = (lambda event, args: self._describe_windows(), True, False)
+        self._handlers[SYSTEM_PREFIX + "windows"] = (lambda event, args: self._session.describe(time.time()), True, False)
 
         signer = protocol.Signer(self.key)
         self._session = MainSession(self.session, serializer=self.serializer.name, heartbeat=self.heartbeat,
@@ -183,7 +183,7 @@ class Main:
         self._dispatch = Dispatcher(f"zprokit-main-{os.getpid()}", workers)
         self._presence = Presence(self._dispatch)
         self._loop = IOLoop(f"zprokit-main-io-{os.getpid()}")
-        self._pending = PendingRequests(self._loop, self._on_expired)
+        self._pending = PendingRequests(self._loop, lambda msg_id, target: self._calls.on_expired(msg_id, target))
         # Any thread sends (numbering and signing under the socket's lock); the loop reads.
         self._router_s = SharedSocket(self._sockets.router, self._loop)
         self._pub_s = SharedSocket(self._sockets.pub, self._loop)
@@ -192,6 +192,8 @@ class Main:
             self.serializer, max_size=max_size, max_queued=self.max_queued, handlers=self._handlers,
             welcome=self._sockets.welcome, forget_login=self._sockets.forget_login, on_registered=self._presence.registered,
             on_ready=self._presence.ready, on_left=self._presence.left)
+        self._calls = MainCalls(self._router, self._pending, self._session, self.serializer, self.request_timeout,
+                                self._check_open)
         self._publisher = Publisher(self._pub_s, self._loop, signer, self._session, self.heartbeat,
                                     self._router.registered)
         self._loop.add_shared(self._router_s, self._router.on_message, self._router.end_batch)
@@ -279,18 +281,7 @@ class Main:
         limit = self.request_timeout if timeout is None else check_timeout(timeout)
         if self._loop.in_loop:  # an inline handler: waiting here would stall the very loop that frees room
             limit = 0.0
-        relay = self._router.relay
-        try:
-            relay.reserve(peer, limit)
-        except WindowNotFound:
-            self._check_open()  # gone because this main closed meanwhile: Closed, not "not found"
-            raise
-        try:
-            sent = self._router.send_to(peer.name, Kind.MESSAGE, 0, channel, payload, raise_full=True)
-        except BaseException:
-            relay.give_back(peer, 1)
-            raise
-        if not sent:
+        if not self._calls.message(peer, payload, channel, limit):
             self._not_found(peer.name)
 
     def send_msg_to_render(
@@ -311,20 +302,23 @@ class Main:
         """
         peer, payload = self._prepare(name, msg, channel)
         limit = self.request_timeout if timeout is None else check_timeout(timeout)
-        msg_id = self._session.next_id()
-        future: ReplyFuture[Any] = ReplyFuture(f"main_call_render({peer.name!r}, channel={channel!r})",
-                                               on_cancel=functools.partial(self._cancel_call, msg_id, peer.name))
-        self._pending.add(msg_id, future, limit, target=peer.name)
-        try:
-            sent = self._router.send_to(peer.name, Kind.REQUEST, msg_id, channel, payload, raise_full=True,
-                                        timeout_ms=timeout_ms(limit))
-        except BaseException:  # QueueFull, or anything else: no entry is left behind
-            self._pending.pop(msg_id)
-            raise
-        if not sent:
-            self._pending.pop(msg_id)
-            self._not_found(peer.name)
-        return future
+        future = self._calls.send(peer, payload, channel, limit, f"main_call_render({peer.name!r}, channel={channel!r})")
+        return future if future is not None else self._not_found(peer.name)  # None: the window left just now
+
+    def call_any(self, group: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
+                 retries: int = 0) -> ReplyFuture[Any]:
+        """Ask the member of worker group ``group`` with the fewest of this main's calls in flight
+        (equals in turn); if it leaves first (``PeerLost``), another member, up to ``retries`` times,
+        within the one ``timeout``. ``WindowNotFound`` at once for a group with no live member; else
+        the future raises as ``main_call_render``'s. ``cancel()`` cancels the member's call."""
+        return self._calls.call_any(group, msg, channel, timeout, retries)
+
+    def call_all(self, msg: Any, *, group: str | None = None, channel: str = DEFAULT_CHANNEL,
+                 timeout: float | None = None) -> ReplyFuture[dict[str, Any]]:
+        """Ask every member of ``group`` now (every window for None): a future of ``{window name: its
+        result, or the exception its call ended with}`` (``Timeout`` if not answered within
+        ``timeout``): one failure never fails the whole; no member: ``{}``. ``cancel()`` cancels all."""
+        return self._calls.call_all(group, msg, channel, timeout)
 
     def main_stream_from_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
@@ -336,32 +330,11 @@ class Main:
         ``WindowNotFound`` at once when the name is unknown."""
         peer, payload = self._prepare(name, msg, channel)
         limit = self.request_timeout if timeout is None else check_timeout(timeout)
-        prefetch = check_prefetch(prefetch)
-        msg_id, router = self._session.next_id(), self._router
-        stream: ReplyStream[Any] = ReplyStream(
-            f"main_stream_from_render({peer.name!r}, channel={channel!r})", limit, prefetch, self.serializer.loads,
-            more=functools.partial(self._stream_more, msg_id, peer.name),
-            cancel=functools.partial(self._stream_cancel, msg_id, peer.name), peer=peer.name)
-        router.streams[msg_id] = stream
-        try:
-            sent = router.send_to(peer.name, Kind.STREAM, msg_id, channel, payload, raise_full=True,
-                                  timeout_ms=timeout_ms(limit), count=prefetch)
-        except BaseException:
-            router.streams.pop(msg_id, None)
-            raise
-        if not sent:
-            router.streams.pop(msg_id, None)
+        stream = self._calls.stream(peer, payload, channel, limit, check_prefetch(prefetch),
+                                    f"main_stream_from_render({peer.name!r}, channel={channel!r})")
+        if stream is None:
             self._not_found(peer.name)
         return stream
-
-    def _stream_more(self, msg_id: int, name: str, count: int) -> None:
-        self._router.send_to(name, Kind.MORE, msg_id, count=count)
-
-    def _stream_cancel(self, msg_id: int, name: str) -> None:
-        """The consumer closed (or dropped) stream ``msg_id``: forget it, and stop its producer."""
-        self._router.streams.pop(msg_id, None)
-        if not self._closed:
-            self._router.send_to(name, Kind.CANCEL, msg_id)
 
     def _prepare(self, name: str, msg: Any, channel: str) -> tuple[Peer, list[Any]]:
         """Check a send to window ``name`` and serialize ``msg``: the window and the payload."""
@@ -473,13 +446,6 @@ class Main:
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._router.rejected}
         return cast(MainStats, stats)
 
-    def _describe_windows(self) -> list[dict[str, Any]]:
-        now = time.time()
-        return [
-            {**dataclasses.asdict(w.info), "uptime": now - w.info.connected_since, "messages": w.messages, "session": None}
-            for w in list(self._session.windows.values())
-        ]
-
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -537,16 +503,6 @@ class Main:
 
     # ================================================================== on the I/O thread
 
-    def _cancel_call(self, msg_id: int, name: str) -> None:
-        """The caller cancelled the future of ``msg_id``: forget it, and tell the window's callback."""
-        if self._pending.pop(msg_id) is not None:
-            self._router.send_to(name, Kind.CANCEL, msg_id)
-
-    def _on_expired(self, msg_id: int, target: str | None) -> None:
-        """Our ``main_call_render`` ``msg_id`` timed out: tell the window, so it does not start it late."""
-        if target is not None:
-            self._router.send_to(target, Kind.CANCEL, msg_id)
-
     def _on_key_denied(self, key: bytes) -> None:
         self._router.reject("unauthenticated", f"a CURVE key not on the allow-list ({key.decode()})")
 
@@ -557,10 +513,7 @@ class Main:
 
     def _close_sockets(self) -> None:
         self._pending.fail_all(_closed_error)
-        for stream in list(self._router.streams.values()):
-            stream.finish(Closed(f"{stream.description}: the main was closed with the stream open"))
-        for call in list(self._session.serving.values()):  # its handlers are told (a producer stops)
-            call.cancel()
+        self._router.end_calls()  # streams end with Closed; running handlers are told (a producer stops)
         self._session.clear()  # a closed main has no windows (and wait_for_window raises Closed)
         self._router.relay.wake()  # senders waiting for a window's room see it gone
         self._presence.wake_all()

@@ -59,6 +59,11 @@ __all__ = [
     "normalize_name",
     "check_window_name",
     "MAX_NAME_BYTES",
+    "FLAG_GROUP",
+    "MAX_GROUPS",
+    "MAX_GROUP_BYTES",
+    "check_group_name",
+    "check_groups",
     "split_routing_id",
     "routing_name",
     "split_control_topic",
@@ -196,6 +201,38 @@ def check_window_name(name: Any) -> str | None:
         return "a window name must be valid Unicode (no lone surrogates)"
     if size > MAX_NAME_BYTES:
         return f"a window name is at most {MAX_NAME_BYTES} bytes of UTF-8 (this one is {size})"
+    return None
+
+
+MAX_GROUPS = 64  # groups a window may join: its HELLO stays small, and so does the main's index
+MAX_GROUP_BYTES = 255
+
+
+def check_group_name(group: Any) -> str | None:
+    """Why ``group`` cannot name a group of windows, or None if it can."""
+    if not isinstance(group, str) or not group:
+        return "a group name must be a non-empty string"
+    if "\0" in group:
+        return "a group name cannot contain NUL"
+    try:
+        size = len(group.encode())
+    except UnicodeEncodeError:
+        return "a group name must be valid Unicode (no lone surrogates)"
+    if size > MAX_GROUP_BYTES:
+        return f"a group name is at most {MAX_GROUP_BYTES} bytes of UTF-8 (this one is {size})"
+    return None
+
+
+def check_groups(groups: Any) -> str | None:
+    """Why ``groups`` (a list or tuple of names) cannot be the groups a window joins, or None if it can."""
+    if not isinstance(groups, (list, tuple)):
+        return "groups must be a list of group names"
+    if len(groups) > MAX_GROUPS:
+        return f"a window joins at most {MAX_GROUPS} groups (this one asks for {len(groups)})"
+    for group in groups:
+        problem = check_group_name(group)
+        if problem:
+            return problem
     return None
 
 

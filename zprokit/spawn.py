@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from . import _env
+from ._common import check_window_groups
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def create_window(
     exit_with_main: bool = True,
     stdout: Any = None,
     stderr: Any = None,
+    groups: Iterable[str] = (),
 ) -> WindowProcess:
     """Start a window process as ``spec`` says (its name, its main, the key) that runs ``target(window)``.
 
@@ -94,9 +96,11 @@ def create_window(
     ``"module:function"``. The child connects to the main at ``spec.endpoint`` with
     the spec's key and serializer (``Main.create_window`` writes the spec), calls ``target`` with its connected ``Window``, and exits when
     ``target`` returns (status 0; 1 if it raised). ``env`` adds environment
-    variables; ``python`` picks the interpreter. Raises ``TypeError`` for a
-    target that is neither.
+    variables; ``python`` picks the interpreter; ``groups``, the worker groups
+    its window joins (``Window(groups=...)``). Raises ``TypeError`` for a
+    target that is neither, ``ValueError`` for a bad group, before starting anything.
     """
+    groups = check_window_groups(groups)
     if isinstance(target, str):
         module, sep, func = target.partition(":")
         if not sep or not module or not func:
@@ -110,7 +114,8 @@ def create_window(
     name = spec.name
     base = dict(os.environ)
     base.update(env or {})
-    spec = dataclasses.replace(spec, serializer=serializer or spec.serializer, exit_with_main=exit_with_main)
+    spec = dataclasses.replace(spec, serializer=serializer or spec.serializer, exit_with_main=exit_with_main,
+                               groups=groups)
     child_env = spec.environ(base)
     # The repository or install that imported us must be importable by the child too.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

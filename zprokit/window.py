@@ -15,43 +15,45 @@ See docs/architecture.md for the threads.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 from collections import Counter
-from typing import Any, Callable, cast, overload
+from typing import Any, Callable, Iterable, cast, overload
 
 import zmq
 
 from . import _env, protocol
 from ._callbacks import DEFAULT_CHANNEL, F, Listeners, registrar
-from ._calls import timeout_ms
 from ._common import (
     DEFAULT_TIMEOUT,
     check_channel,
     check_count,
     check_endpoint,
     check_forked,
+    check_group,
     check_interval,
     check_liveness,
+    check_retries,
     check_timeout,
+    check_window_groups,
     closed_by_failure,
     fork_generation,
     short,
 )
 from ._dispatch import Dispatcher
-from ._requests import PendingRequests, ReplyFuture, fail
+from ._requests import PendingRequests, ReplyFuture
 from ._inbox import Inbox
+from ._window_calls import WindowCalls
 from ._link import Link
 from ._loop import IOLoop
 from ._stats import WINDOW_COUNTERS, WindowStats
-from ._streams import DEFAULT_PREFETCH, ReplyStream, check_prefetch
-from .errors import Closed, PeerLost, Timeout
+from ._streams import DEFAULT_PREFETCH, ReplyStream
+from .errors import Closed, Timeout
 from .protocol import Kind, check_window_name, normalize_name
 from .security import REJECTION_REASONS, CurveClient, resolve_key
 from .serializers import Serializer, get_serializer
-from .session import MAIN_NAME, WindowSession
+from .session import WindowSession
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,10 @@ class Window:
     reads; the main is told in the handshake and refuses larger ones with
     ``MessageTooLarge`` before sending. The main's own limit comes back the
     same way: a request or message over it fails at once with
-    ``MessageTooLarge``, never with a timeout. Timeouts may be ``None`` or
+    ``MessageTooLarge``, never with a timeout. ``groups``: the worker groups
+    this window joins (names: non-empty, no NUL, at most 255 bytes of UTF-8;
+    at most 64), for the main's ``call_any`` and ``call_all`` and other
+    windows' ``render_call_any``; ``WindowInfo.groups`` shows them. Timeouts may be ``None`` or
     ``math.inf`` (no limit); ``heartbeat`` and ``liveness`` must be finite.
 
     Liveness: the window pings the main whenever it has been quiet for
@@ -132,6 +137,7 @@ class Window:
         max_payload: int | None = None,
         ready: bool = True,
         max_queued: int = 1000,
+        groups: Iterable[str] = (),
     ) -> None:
         name = normalize_name(name or os.environ.get(_env.NAME))
         endpoint = endpoint or os.environ.get(_env.ENDPOINT)
@@ -142,6 +148,7 @@ class Window:
             raise ValueError(f"{problem}: {short(name)}")
         self.max_payload: int | None = check_count(max_payload, "max_payload", "bytes", optional=True)
         self.max_queued: int = check_count(max_queued, "max_queued", "messages")
+        self.groups: tuple[str, ...] = check_window_groups(groups)
         if not endpoint:
             raise ValueError(f"a window needs the main's endpoint: pass endpoint=... or set {_env.ENDPOINT}")
         self.name = name
@@ -180,7 +187,7 @@ class Window:
         self._session = WindowSession(name, self.heartbeat, self.liveness, self.max_backoff, self.give_up_after)
         self._dispatch = Dispatcher(f"zprokit-{name}", workers)
         self._loop = IOLoop(f"zprokit-{name}-io")
-        self._pending = PendingRequests(self._loop, self._on_expired)
+        self._pending = PendingRequests(self._loop, lambda msg_id, target: self._calls.on_expired(msg_id, target))
         self._inbox = Inbox(name, self._dispatch, self.serializer, self._session, max_queued=self.max_queued,
                             stats=self._stats, from_main=self._from_main, from_render=self._from_render,
                             broadcasts=self._broadcast)
@@ -188,6 +195,8 @@ class Window:
                           self._pending, curve=curve, linger_ms=self._linger_ms, stats=self._stats,
                           rejected=self._rejected)
         self._inbox.link = self._link
+        self._calls = WindowCalls(self._link, self._session, self._pending, self.serializer, self.request_timeout,
+                                  self._check_open)
         self._loop.start(on_stop=self._close_sockets, on_fail=self._on_loop_failed)
         self._loop.call_soon(self._link.start_handshake)
         self._loop.call_soon(lambda: self._loop.call_later(self.heartbeat, self._link.tick))
@@ -265,7 +274,7 @@ class Window:
         ``RemoteError``, ``Timeout`` (after ``timeout`` s, default
         ``request_timeout``), ``PeerLost`` or ``Closed``.
         """
-        return self._request(Kind.REQUEST, "", channel, msg, timeout, f"render_msg_to_main(channel={channel!r})")
+        return self._calls.request(Kind.REQUEST, "", channel, msg, timeout, f"render_msg_to_main(channel={channel!r})")
 
     def render_msg_to_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
@@ -277,14 +286,14 @@ class Window:
         dropped silently.
         """
         name = _check_target(name)
-        return self._request(Kind.MESSAGE, name, channel, msg, timeout, f"render_msg_to_render({name!r})")
+        return self._calls.request(Kind.MESSAGE, name, channel, msg, timeout, f"render_msg_to_render({name!r})")
 
     def render_call_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None
     ) -> ReplyFuture[Any]:
         """Ask window ``name``; resolves to the return value of its first ``on_render_msg_to_render`` callback."""
         name = _check_target(name)
-        return self._request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
+        return self._calls.request(Kind.REQUEST, name, channel, msg, timeout, f"render_call_render({name!r})")
 
     def render_stream_from_main(
         self, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
@@ -293,7 +302,7 @@ class Window:
         """Call the main's streaming handler on ``channel`` (a generator function, sync or async):
         a ``ReplyStream`` of what it yields, at most ``prefetch`` items ahead of what this side
         has taken. ``timeout`` (default ``request_timeout``) bounds the wait for each item."""
-        return self._stream("", channel, msg, timeout, prefetch, f"render_stream_from_main(channel={channel!r})")
+        return self._calls.stream("", channel, msg, timeout, prefetch, f"render_stream_from_main(channel={channel!r})")
 
     def render_stream_from_render(
         self, name: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None,
@@ -302,77 +311,17 @@ class Window:
         """``render_stream_from_main``, from window ``name``'s streaming ``on_render_msg_to_render``
         callback, through the main."""
         name = _check_target(name)
-        return self._stream(name, channel, msg, timeout, prefetch, f"render_stream_from_render({name!r})")
+        return self._calls.stream(name, channel, msg, timeout, prefetch, f"render_stream_from_render({name!r})")
 
-    def _stream(self, target: str, channel: str, msg: Any, timeout: float | None, prefetch: int,
-                description: str) -> ReplyStream[Any]:
-        self._check_open()
-        check_channel(channel)
-        limit = self.request_timeout if timeout is None else check_timeout(timeout)
-        prefetch = check_prefetch(prefetch)
-        payload = self.serializer.dumps(msg)
-        self._link.check_size(payload, target, channel)
-        msg_id, link = self._session.next_id(), self._link
-        stream: ReplyStream[Any] = ReplyStream(
-            description, limit, prefetch, self.serializer.loads,
-            more=functools.partial(self._stream_more, msg_id, target),
-            cancel=functools.partial(self._stream_cancel, msg_id, target), peer=target or MAIN_NAME)
-        link.streams[msg_id] = stream
-        try:
-            sent = link.send(Kind.STREAM, msg_id, target, channel, payload, raise_full=True,
-                             timeout_ms=timeout_ms(limit), count=prefetch)
-        except BaseException:
-            link.streams.pop(msg_id, None)
-            raise
-        if not sent:
-            link.streams.pop(msg_id, None)
-            stream.finish(PeerLost(f"{description}: not connected to the main"))
-        return stream
-
-    def _stream_more(self, msg_id: int, target: str, count: int) -> None:
-        self._link.send(Kind.MORE, msg_id, target, "", (), count=count)
-
-    def _stream_cancel(self, msg_id: int, target: str) -> None:
-        """The consumer closed (or dropped) stream ``msg_id``: forget it, and stop its producer."""
-        self._link.streams.pop(msg_id, None)
-        self._link.send(Kind.CANCEL, msg_id, target, "", ())
-
-    def _request(
-        self, kind: Kind, target: str, channel: str, msg: Any, timeout: float | None, description: str
+    def render_call_any(
+        self, group: str, msg: Any, *, channel: str = DEFAULT_CHANNEL, timeout: float | None = None, retries: int = 0
     ) -> ReplyFuture[Any]:
-        self._check_open()
-        check_channel(channel)
-        timeout = self.request_timeout if timeout is None else check_timeout(timeout)
-        payload = self.serializer.dumps(msg)
-        self._link.check_size(payload, target, channel)
-        msg_id = self._session.next_id()
-        # What to CANCEL when it times out or is cancelled: the main's handler (""), or a window's
-        # (its name); a one-way message (None) has nothing to cancel.
-        callee = target if kind == Kind.REQUEST else None
-        future: ReplyFuture[Any] = ReplyFuture(description, self._link.read_for,
-                                               functools.partial(self._cancel_call, msg_id, callee))
-        if self._session.connected:
-            self._pending.add(msg_id, future, timeout, callee)
-            try:
-                if self._link.send(kind, msg_id, target, channel, payload, raise_full=True,
-                                   timeout_ms=timeout_ms(timeout)):
-                    return future
-            except BaseException:  # QueueFull, or anything else: no entry is left behind
-                self._pending.pop(msg_id)
-                raise
-            self._pending.pop(msg_id)
-        fail(future, PeerLost(f"{description}: not connected to the main"))
-        return future
-
-    def _cancel_call(self, msg_id: int, callee: str | None) -> None:
-        """The caller cancelled the future of ``msg_id``: forget it, and tell its handler."""
-        if self._pending.pop(msg_id) is not None and callee is not None:
-            self._link.send(Kind.CANCEL, msg_id, callee, "", ())
-
-    def _on_expired(self, msg_id: int, target: str | None) -> None:
-        """A request timed out: tell its callee (through the main), which then does not start it."""
-        if target is not None:
-            self._link.send(Kind.CANCEL, msg_id, target, "", ())
+        """Ask one member of worker group ``group`` through the main, as its ``call_any`` picks one
+        (the least loaded); if it leaves first, another, up to ``retries`` times, within the one
+        ``timeout``. ``WindowNotFound`` (through the future) if the group has no live member."""
+        group = check_group(group)
+        return self._calls.request(Kind.REQUEST, group, channel, msg, timeout, f"render_call_any({group!r})",
+                             count=check_retries(retries), flags=protocol.FLAG_GROUP)
 
     # electron-prokit's newer names
     def send_msg_to_main(

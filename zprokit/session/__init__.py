@@ -20,7 +20,8 @@ check. Callers serialize their use of a session (the node's I/O thread).
 """
 
 from ._guard import BROADCAST_STREAM, MAIN_NAME, Cancellable, ReplayGuard
-from ._main import Contest, HelloDecision, MainSession, Peer, Refuse, Route, Settled, Unwelcome, Welcome
+from ._main import (Contest, GroupJob, HelloDecision, MainSession, Peer, Refuse, Route, Settled, Unwelcome, Welcome,
+                    least_loaded)
 from ._window import HandshakeFailed, Joining, MainRestarted, WindowSession
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "Cancellable",
     "Peer",
     "Route",
+    "GroupJob",
+    "least_loaded",
     "Welcome",
     "Refuse",
     "Contest",

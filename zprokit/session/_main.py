@@ -6,15 +6,15 @@ import collections
 import dataclasses
 import itertools
 import secrets
-from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from dataclasses import dataclass, field
+from typing import Any, Collection, Iterable, NamedTuple, NoReturn
 
 from .. import protocol
 from ..events import WindowInfo
 from ..protocol import Kind, Message, Rejected, check_window_name, normalize_name
 from ._guard import Cancellable, ReplayGuard
 
-__all__ = ["Peer", "Route", "Welcome", "Refuse", "Contest", "HelloDecision", "Settled", "Unwelcome", "MainSession"]
+__all__ = ["Peer", "Route", "GroupJob", "least_loaded", "Welcome", "Refuse", "Contest", "HelloDecision", "Settled", "Unwelcome", "MainSession"]
 
 _MAX_RESERVATION = 60.0  # a name is held between HELLO and REGISTER at most this long (plus a second)
 
@@ -37,10 +37,29 @@ class Peer:
     credit: int | None = None
     in_flight: int = 0
     waiting: collections.deque[tuple[str, Message]] | None = None  # made when first needed (memory)
+    # Its load, for the least-loaded pick of a group call: the main's own calls to it in flight,
+    # and when it was last picked (both guarded by the node's Balancer lock), and the window ->
+    # window requests the main is carrying to it (counted here, as routes come and go).
+    calls: int = 0
+    picked: int = 0
+    routed: int = 0
 
     @property
     def name(self) -> str:
         return self.info.name
+
+
+@dataclass(slots=True)
+class GroupJob:
+    """A window's group call (``render_call_any``) being carried: what it takes to send it to
+    another member when the one that has it leaves."""
+
+    group: str
+    retries: int  # how many more times it may go to another member
+    channel: str
+    payload: tuple[Any, ...]
+    deadline: float  # when its caller stops waiting (the ``now`` clock; inf: never)
+    tried: set[str] = field(default_factory=set)  # members that had it (and left)
 
 
 @dataclass(slots=True)
@@ -50,6 +69,8 @@ class Route:
     source: str
     source_msg_id: int
     target: str
+    job: GroupJob | None = field(default=None, compare=False)  # a group call: how to send it on
+    callee: Peer | None = field(default=None, compare=False, repr=False)  # its target, whose ``routed`` counts it
 
 
 @dataclass
@@ -152,6 +173,9 @@ class MainSession:
         self.capped: dict[str, Peer] = {}  # registered windows that announced a max_payload
         self.by_fd: dict[int, str] = {}  # registered windows by their connection's descriptor
         self.routes: dict[int, Route] = {}  # window -> window requests in flight, by our msg_id
+        # Registered windows by the groups they joined, each group's in the order they registered;
+        # a group with no member is not here. Read by callers' threads in single dict operations.
+        self.groups: dict[str, dict[str, Peer]] = {}
         # Windows' requests being served (waiting for a handler thread, or running), so a caller
         # that gives up (CANCEL) or leaves reaches them; the I/O thread adds, the end of the call pops.
         self.serving: dict[tuple[bytes, int], Cancellable] = {}  # by (the window's session, its msg_id)
@@ -192,6 +216,7 @@ class MainSession:
         int_field(body, "pid")  # checked now: a bad one must not fail later, in REGISTER
         size_field(body, "max_payload")
         size_field(body, "max_queued")
+        groups_field(body)
         problem = check_window_name(name)
         if problem:
             return Refuse("bad_name", f"{problem}: {name!r}", "refused_bad_name")
@@ -252,6 +277,7 @@ class MainSession:
             serializer=self.serializer,
             session=msg.session.hex(),
             ready=hello.get("ready", True) is not False,
+            groups=groups_field(hello),
         )
         self._joining[name] = Peer(info, msg.session, now, ident, held.nonce, max_size=size_field(hello, "max_payload"),
                                    fd=fd, credit=size_field(hello, "max_queued"))
@@ -288,6 +314,8 @@ class MainSession:
             self.by_fd[peer.fd] = name
         if peer.max_size is not None:
             self.capped[name] = peer
+        for group in peer.info.groups:
+            self.groups.setdefault(group, {})[name] = peer
         return peer
 
     # --- registered windows ----------------------------------------------------------
@@ -371,6 +399,7 @@ class MainSession:
         if peer.fd is not None and self.by_fd.get(peer.fd) == name:
             del self.by_fd[peer.fd]
         self.capped.pop(name, None)
+        self._leave_groups(peer)
         self._guard.forget(name)
         for topic in [t for t, n in self._awaiting_sub.items() if n == name]:
             del self._awaiting_sub[topic]
@@ -379,6 +408,21 @@ class MainSession:
             if key[0] == peer.session and call.cancel():
                 self.serving.pop(key, None)
         return peer
+
+    def _leave_groups(self, peer: Peer) -> None:
+        for group in peer.info.groups:
+            members = self.groups.get(group)
+            if members is not None and members.get(peer.name) is peer:
+                del members[peer.name]
+                if not members:  # no member: no entry
+                    del self.groups[group]
+
+    def members(self, group: str | None) -> list[Peer]:
+        """The registered members of ``group`` (every window for None), in the order they registered:
+        a copy, made in one step (any thread)."""
+        if group is None:
+            return list(self.windows.values())
+        return list(self.groups.get(group, {}).values())
 
     def routes_to(self, name: str) -> list[Route]:
         """Forget the routes of window ``name`` (which left); those it was to answer are returned."""
@@ -390,18 +434,32 @@ class MainSession:
                     lost.append(route)
         return lost
 
+    def describe(self, now: float) -> list[dict[str, Any]]:
+        """Every registered window, for ``zprokit windows``; ``now``: ``time.time()``."""
+        return [{**dataclasses.asdict(w.info), "uptime": now - w.info.connected_since, "messages": w.messages,
+                 "session": None} for w in list(self.windows.values())]
+
     def clear(self) -> None:
         """The main closed: it has no windows."""
         self.windows.clear()
         self._joining.clear()
         self.capped.clear()
         self.by_fd.clear()
+        self.groups.clear()
 
     # --- calls in flight -----------------------------------------------------------
 
-    def add_route(self, source: str, source_msg_id: int, target: str) -> int:
-        msg_id = self.next_id()
-        self.routes[msg_id] = Route(source, source_msg_id, target)
+    def add_route(self, source: str, source_msg_id: int, target: str, job: GroupJob | None = None, *,
+                  msg_id: int | None = None) -> int:
+        """Carry request ``source_msg_id`` of ``source`` to window ``target`` (``job``: a group
+        call's, to send it on if the target leaves) under our ``msg_id`` (default: a new one);
+        returns it. It counts in the target's load until ``pop_route``."""
+        if msg_id is None:
+            msg_id = self.next_id()
+        callee = self.windows.get(target)
+        if callee is not None:
+            callee.routed += 1
+        self.routes[msg_id] = Route(source, source_msg_id, target, job, callee)
         self._route_ids[(source, source_msg_id)] = msg_id
         return msg_id
 
@@ -410,6 +468,8 @@ class MainSession:
         route = self.routes.pop(msg_id, None)
         if route is not None:
             self._route_ids.pop((route.source, route.source_msg_id), None)
+            if route.callee is not None:
+                route.callee.routed -= 1
         return route
 
     def answered_route(self, msg_id: int, by: str) -> Route | None:
@@ -442,6 +502,30 @@ class MainSession:
         call = self.serving.get((peer.session, msg_id))
         if call is not None and call.cancel():
             self.serving.pop((peer.session, msg_id), None)
+
+
+def least_loaded(members: Iterable[Peer], exclude: Collection[str] = ()) -> Peer | None:
+    """The member (not named in ``exclude``) with the fewest calls in flight, the main's own and
+    routed; among equals the one picked longest ago, so equals take calls in turn. None if none.
+    A member that is not ready yet (a created window whose target has not registered its
+    callbacks) is taken only when no ready one is left: it would answer ``NoHandler``."""
+    best, best_key = None, (True, 0, 0)
+    for peer in members:
+        if peer.name in exclude:
+            continue
+        key = (not peer.info.ready, peer.calls + peer.routed, peer.picked)
+        if best is None or key < best_key:
+            best, best_key = peer, key
+    return best
+
+
+def groups_field(body: dict[str, Any]) -> tuple[str, ...]:
+    """HELLO's ``groups``: a list of group names (none: a window that predates groups)."""
+    value = body.get("groups", [])
+    problem = protocol.check_groups(value) if isinstance(value, list) else "groups is not a list"
+    if problem:
+        raise Rejected("malformed", problem)
+    return tuple(dict.fromkeys(normalize_name(group) for group in value))
 
 
 def int_field(body: dict[str, Any], key: str) -> int:
