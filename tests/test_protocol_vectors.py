@@ -28,10 +28,18 @@ INPUTS = {
                   b"Bnews"),
     "two-frames": (dict(zip(HEADER, (Kind.MESSAGE, 9, 4, A, B, "w", "x", "c"))), [b"\x00" * 4, b"\x01\x02"], None),
     "group-request": (dict(zip(HEADER, (Kind.REQUEST, 11, 5, A, B, "w", "gpu", "job"))), [b"1"], None),
+    "stream": (dict(zip(HEADER, (Kind.STREAM, 12, 6, A, B, "w", "", "frames"))), [b"3"], None),
+    "item": (dict(zip(HEADER, (Kind.ITEM, 12, 2, B, A, "", "w", ""))), [b'"frame 0"'], None),
+    "more": (dict(zip(HEADER, (Kind.MORE, 12, 7, A, B, "w", "", ""))), [], None),
+    "end-error": (dict(zip(HEADER, (Kind.END, 12, 3, B, A, "", "w", ""))),
+                  [b'{"code":"remote","origin":"main","message":"boom","type":"ValueError","traceback":""}'], None),
+    "cancel": (dict(zip(HEADER, (Kind.CANCEL, 12, 8, A, B, "w", "", ""))), [], None),
 }
 # The header fields past the strings, where a vector states them (the others are 0).
 EXTRA = {
     "group-request": {"timeout_ms": 5000, "count": 2, "flags": protocol.FLAG_GROUP},
+    "stream": {"timeout_ms": 30000, "count": 16},
+    "more": {"count": 8},
 }
 ZEROS = {"timeout_ms": 0, "count": 0, "flags": 0}
 
