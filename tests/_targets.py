@@ -110,3 +110,15 @@ def group_member(window):
     window.on_msg_from_main(stall, channel="stall")
     window.on_msg_from_main(lambda event, _: event.cancelled.wait(60), channel="hold")
     window.wait_closed()
+
+
+def patient(window):
+    """``patient``: waits until its caller gives up, then reports whether it was told."""
+
+    @window.on_msg_from_main(channel="patient")
+    def wait_for_cancel(event, _):
+        window.render_msg_to_main(("started", event.deadline is not None), channel="report").result(10)
+        told = event.cancelled.wait(30)
+        window.render_msg_to_main(("cancelled", told), channel="report").result(10)
+
+    window.wait_closed()

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import Inbox, wait_until
+from conftest import TESTS_DIR, Inbox, wait_until
 from zprokit import Main, Timeout, Window
 from zprokit.protocol import Kind
 
@@ -214,3 +214,18 @@ def test_a_handler_that_ignores_the_cancel_finishes_and_its_answer_is_dropped(ma
     release.set()
     assert wait_until(lambda: main.stats()["late_answers"] == late_before + 1, WAIT)
     assert wait_until(lambda: idle(main, window), WAIT)
+
+
+def test_a_cancel_reaches_a_callback_in_another_process():
+    with Main("tcp://127.0.0.1:0") as main:
+        reports = Inbox()
+        main.on_msg_from_render(lambda event, what: reports.put(what), channel="report")
+        handle = main.create_window("patient", "_targets:patient", env={"PYTHONPATH": TESTS_DIR})
+        main.wait_for_window("patient", timeout=20)
+        future = main.main_call_render("patient", None, channel="patient", timeout=30)
+        assert reports.get(WAIT) == ("started", True)  # it runs, and knows the caller's deadline
+        assert future.cancel() is True
+        assert reports.get(WAIT) == ("cancelled", True)
+        assert wait_until(lambda: idle(main), WAIT)
+        main.destroy_window("patient")
+        handle.join(WAIT)
