@@ -139,7 +139,8 @@ class MainCalls:
         stream: ReplyStream[Any] = ReplyStream(
             description, limit, prefetch, self._serializer.loads,
             more=functools.partial(self._stream_more, msg_id, peer.name),
-            cancel=functools.partial(self._stream_cancel, msg_id, peer.name), peer=peer.name)
+            cancel=functools.partial(self._stream_cancel, msg_id, peer.name), peer=peer.name,
+            defer=router.call_soon)
         router.streams[msg_id] = stream
         try:
             sent = router.send_to(peer.name, Kind.STREAM, msg_id, channel, payload, raise_full=True,

@@ -466,6 +466,10 @@ class Link:
             self.streams.pop(msg_id, None)
             stream.finish(error(stream))
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread."""
+        self._loop.call_soon(fn)
+
     def resume_broadcasts(self) -> None:
         """The broadcast backlog drained (any thread): the SUB is read again."""
         if self.sub.paused:

@@ -153,6 +153,10 @@ class Router:
     def in_loop(self) -> bool:
         return self._loop.in_loop
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread."""
+        self._loop.call_soon(fn)
+
     def reject(self, reason: str, detail: Any = "", raw: list[Any] | None = None) -> None:
         self.rejected[reason] += 1
         peer = _PeerAddress(raw[-1] if raw else None)  # looked up only if the line is written

@@ -81,6 +81,7 @@ class ReplyStream(Generic[_T]):
         more: Callable[[int], None],
         cancel: Callable[[], None],
         peer: str = "",
+        defer: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.description = description
         self.peer = peer  # the node producing it (the main's name for a window's stream from the main)
@@ -89,6 +90,9 @@ class ReplyStream(Generic[_T]):
         self._loads = loads
         self._more = more  # (n): send MORE
         self._cancel = cancel  # send CANCEL, forget the stream
+        # Where a dropped stream's CANCEL is sent from (the node's I/O thread): __del__ may run
+        # anywhere the garbage collector does, even in a thread that holds a socket's lock.
+        self._defer = defer
         self._lock = threading.Lock()
         self._items: collections.deque[Any] = collections.deque()
         self._end: object | BaseException | None = None  # _END, or the exception that ended it
@@ -217,8 +221,12 @@ class ReplyStream(Generic[_T]):
 
     def __del__(self) -> None:
         if self._end is None:  # dropped while the producer still produces: tell it
+            self._end = _END
             try:
-                self.close()
+                if self._defer is not None:
+                    self._defer(self._cancel)
+                else:
+                    self._cancel()
             except Exception:  # at interpreter exit, or a node already gone: nothing to tell
                 pass
 

@@ -86,7 +86,8 @@ class WindowCalls:
         stream: ReplyStream[Any] = ReplyStream(
             description, limit, prefetch, self._serializer.loads,
             more=functools.partial(self._stream_more, msg_id, target),
-            cancel=functools.partial(self._stream_cancel, msg_id, target), peer=target or MAIN_NAME)
+            cancel=functools.partial(self._stream_cancel, msg_id, target), peer=target or MAIN_NAME,
+            defer=link.call_soon)
         link.streams[msg_id] = stream
         try:
             sent = link.send(Kind.STREAM, msg_id, target, channel, payload, raise_full=True,
