@@ -4,8 +4,12 @@ The compose services run it through the command line::
 
     zprokit main --bind tcp://0.0.0.0:5555 --pub-bind tcp://0.0.0.0:5556 \\
         --key-file /run/secrets/zprokit_key examples.docker_app:setup
-    zprokit window --name "worker-$HOSTNAME" --connect tcp://main:5555 \\
+    zprokit window --name "worker-$HOSTNAME" --group workers --connect tcp://main:5555 \\
         --key-file /run/secrets/zprokit_key examples.docker_app:worker
+
+The workers join the worker group "workers" (``--group``), so the main can
+hand a call to whichever of them is least loaded (``call_any``) or ask them
+all (``call_all``), and other windows can too (``render_call_any``).
 
 Each worker, once it listens on the "square" channel, tells the main it is
 ready; the main's handler answers by asking that worker to square the next
@@ -16,9 +20,9 @@ the result. The worker then serves the main until its window is closed
 its main and rejoins a restarted one under its name.
 
 ``tour`` is a window target that walks the whole API across the hosts of a
-running demo, printing what each call did::
+running demo (group calls and streams included), printing what each call did::
 
-    docker compose run --rm worker zprokit window --name tour \
+    docker compose run --rm worker zprokit window --name tour \\
         --connect tcp://main:5555 --key-file /run/secrets/zprokit_key examples.docker_app:tour
 """
 
@@ -28,6 +32,8 @@ import sys
 import threading
 
 from zprokit import NoHandler, WindowNotFound
+
+GROUP = "workers"  # the worker group the compose file's workers join (--group workers)
 
 
 def say(text):
@@ -87,6 +93,18 @@ def setup(main):
         main.broadcast(f"{text} (from {event.sender})", topic="news")
         return len(main.get_all_windows())
 
+    @main.on_msg_from_render(channel="census")
+    def census(event, n):
+        """Have every member of the group square ``n`` (``call_all``): ``{name: n * n}``."""
+        return main.call_all(n, group=GROUP, channel="square", timeout=10).result()
+
+    @main.on_msg_from_render(channel="squares")
+    def squares(event, numbers):
+        """Stream ``(n, n * n)`` for each of ``numbers`` (a generator: it streams), each squared by the
+        least-loaded member of the group (``call_any``; another if that one is lost with the call)."""
+        for n in numbers:
+            yield n, main.call_any(GROUP, n, channel="square", retries=1, timeout=10).result()
+
     @main.on_msg_from_render(channel="goodbye")
     def goodbye(event, _):
         """Close the asking window, as ``destroy_window`` closes any: it asks the window to close."""
@@ -108,6 +126,12 @@ def worker(window):
         """Ask another window to square a number, window to window: ``(name, n)``."""
         other, n = job
         return window.render_call_render(other, n, channel="square").result(timeout=10)
+
+    @window.on_render_msg_to_render(channel="countdown")
+    def countdown(event, start):
+        """Stream ``start, start - 1, ..., 1`` to the asking window (a generator: it streams)."""
+        say(f"{window.name}: counting down from {start} for {event.sender}")
+        yield from range(start, 0, -1)
 
     @window.on_msg_from_main
     def note_from_main(event, text):
@@ -131,9 +155,12 @@ def tour(window):
 
     It finds the workers in the main's registry, has the main call each one
     (``main_call_render``) and send it a note (``main_msg_to_render``), calls
-    and notes each one itself (window to window), has one worker call
-    another, asks the main for a broadcast, tries a missing window and a
-    missing handler, and last asks the main to close it (``destroy_window``).
+    and notes each one itself (window to window) and takes a stream from it,
+    has one worker call another, calls the worker group (``render_call_any``;
+    the main's ``call_all``; a stream from the main whose items the main has
+    the group compute with ``call_any``), asks the main for a broadcast, tries a
+    missing window and a missing handler, and last asks the main to close it
+    (``destroy_window``).
     """
     me = window.name
     news = threading.Event()
@@ -160,10 +187,24 @@ def tour(window):
         say(f"{me}: the main asked {name} to square 7: {squared}")
         window.render_msg_to_main((name, f"hello from {me}"), channel="tell").result(timeout=10)
         say(f"{me}: the main passed a note to {name}")
+        with window.render_stream_from_render(name, 3, channel="countdown", timeout=10) as stream:
+            say(f"{me}: {name} streamed {', '.join(map(str, stream))} to me, window to window")
     for asker, other in zip(workers, workers[1:] + workers[:1]):
         if asker != other:
             squared = window.render_call_render(asker, (other, 9), channel="ask").result(timeout=10)
             say(f"{me}: {asker} asked {other} to square 9: {squared}")
+    try:
+        squared = window.render_call_any(GROUP, 6, channel="square", retries=1).result(timeout=10)
+    except WindowNotFound as e:
+        say(f"{me}: {type(e).__name__}: {e} (start the workers with --group {GROUP})")
+    else:
+        say(f"{me}: one of group {GROUP!r}, picked by the main (render_call_any), squared 6: {squared}")
+        every = window.render_msg_to_main(5, channel="census").result(timeout=10)
+        say(f"{me}: the main asked all of group {GROUP!r} (call_all) to square 5: "
+            + ", ".join(f"{name} {value}" for name, value in sorted(every.items())))
+        with window.render_stream_from_main([11, 12, 13, 14], channel="squares", timeout=10) as stream:
+            say(f"{me}: streamed from the main, each squared by one of group {GROUP!r} (call_any): "
+                + ", ".join(f"{n} -> {value}" for n, value in stream))
     count = window.render_msg_to_main("hello, everyone", channel="announce").result(timeout=10)
     say(f"{me}: the main broadcast to {count} windows" + ("" if news.wait(10) else "; none reached me"))
     try:

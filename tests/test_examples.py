@@ -53,7 +53,7 @@ EXAMPLES = {
     "farm.py": [
         "farm: 3 workers ready",
         "farm: job ",
-        ": 24/24 done, ",
+        ": 24/24 done by worker-",
         "farm: results in order: " + str([x * x for x in range(24)]),
     ],
 }
@@ -92,7 +92,7 @@ def test_example_runs_and_prints_what_it_promises(script: str) -> None:
 
 def test_docker_app_workers_get_work_and_serve_the_main(zprokit_main, zprokit_window, capsys) -> None:
     docker_app.setup(zprokit_main)
-    windows = [zprokit_window("worker-a"), zprokit_window("worker-b")]
+    windows = [zprokit_window(name, groups=(docker_app.GROUP,)) for name in ("worker-a", "worker-b")]
     workers = [threading.Thread(target=docker_app.worker, args=(w,), name=f"app-{w.name}") for w in windows]
     output: list[str] = []
 
@@ -121,7 +121,7 @@ def test_docker_app_workers_get_work_and_serve_the_main(zprokit_main, zprokit_wi
 
 def test_docker_app_tour_makes_every_call_and_is_closed_by_the_main(zprokit_main, zprokit_window, capsys) -> None:
     docker_app.setup(zprokit_main)
-    windows = [zprokit_window("worker-a"), zprokit_window("worker-b")]
+    windows = [zprokit_window(name, groups=(docker_app.GROUP,)) for name in ("worker-a", "worker-b")]
     workers = [threading.Thread(target=docker_app.worker, args=(w,), name=f"app-{w.name}") for w in windows]
     for t in workers:
         t.start()
@@ -140,6 +140,12 @@ def test_docker_app_tour_makes_every_call_and_is_closed_by_the_main(zprokit_main
             "tour: worker-a squared 8 for me, window to window: 64",
             "tour: the main asked worker-b to square 7: 49",
             "tour: worker-a asked worker-b to square 9: 81",
+            "tour: worker-a streamed 3, 2, 1 to me, window to window",
+            "tour: worker-b streamed 3, 2, 1 to me, window to window",
+            "tour: one of group 'workers', picked by the main (render_call_any), squared 6: 36",
+            "tour: the main asked all of group 'workers' (call_all) to square 5: worker-a 25, worker-b 25",
+            "tour: streamed from the main, each squared by one of group 'workers' (call_any): "
+            "11 -> 121, 12 -> 144, 13 -> 169, 14 -> 196",
             "tour: broadcast on 'news': hello, everyone (from tour)",
             "tour: WindowNotFound: ",
             "tour: NoHandler: ",
@@ -148,8 +154,15 @@ def test_docker_app_tour_makes_every_call_and_is_closed_by_the_main(zprokit_main
             "worker-b: note from tour: hello from tour",
             "worker-a: note from the main: hello from tour (from tour, through the main)",
             "worker-b: news: hello, everyone (from tour)",
+            "worker-a: counting down from 3 for tour",
+            "worker-b: counting down from 3 for tour",
         ]:
             assert wait_until(lambda: printed(line), 10), "".join(output)
+        # The group calls: render_call_any went to one member; the main's call_any spread the
+        # stream's four calls over both (equals take calls in turn).
+        assert len(re.findall(r"worker-[ab]: squaring 6 for tour\n", "".join(output))) == 1, "".join(output)
+        for w in ("worker-a", "worker-b"):
+            assert re.search(rf"{w}: squaring 1[1-4]\n", "".join(output)), "".join(output)
     finally:
         for w in windows:
             w.close()
@@ -160,39 +173,80 @@ def test_docker_app_tour_makes_every_call_and_is_closed_by_the_main(zprokit_main
 # --- the work farm, in process, losing a worker -------------------------------------------------
 
 
-def test_farm_loses_a_worker_mid_job_and_still_returns_every_result_once(zprokit_main) -> None:
+def _workers(main, count: int = 3) -> list:
+    """``count`` farm workers, each a process of its own in the farm's group."""
+    return [main.create_window(f"worker-{n}", farm.worker, env={"PYTHONPATH": ROOT}, groups=(farm.GROUP,))
+            for n in range(1, count + 1)]
+
+
+def _shares(out: str, tasks: int) -> dict[str, int]:
+    """The job's closing line: how many tasks each worker answered."""
+    summary = re.search(rf"^farm: job \w+: {tasks} tasks done in [\d.]+ s \((.*)\)$", out, re.M)
+    assert summary, out
+    return {name: int(n) for name, n in (part.split() for part in summary.group(1).split(", "))}
+
+
+def test_farm_loses_a_worker_mid_job_and_still_returns_every_result_once(zprokit_main, tmp_path) -> None:
     out = io.StringIO()
     work_farm = farm.Farm(zprokit_main, out=out)
-    handles = [zprokit_main.create_window(f"worker-{n}", farm.worker, env={"PYTHONPATH": ROOT}) for n in (1, 2, 3)]
+    handles = _workers(zprokit_main)
     assert work_farm.wait_for_workers(3, timeout=20), out.getvalue()
+    started = str(tmp_path)
+
+    def task(x: int) -> int:  # on worker-2 a task notes that it started, and hangs until the worker is killed
+        if os.environ["ZPROKIT_NAME"] == "worker-2":
+            open(os.path.join(started, str(x)), "w").close()
+            time.sleep(60)
+        time.sleep(0.02)
+        return -x
+
     inputs = list(range(60))
     done: list[object] = []
-    job = threading.Thread(target=lambda: done.append(work_farm.map(lambda x: (time.sleep(0.05), -x)[1], inputs)))
+    job = threading.Thread(target=lambda: done.append(work_farm.map(task, inputs)))
     job.start()
     try:
-        # SIGKILL a worker once the job is under way, with tasks in flight on it.
-        under_way = lambda: work_farm.stats["results"] >= 10 and work_farm.workers().get("worker-2")  # noqa: E731
-        assert wait_until(under_way, 20), out.getvalue()
+        # SIGKILL worker-2 once it holds tasks: the balancer gave it its share of the first ones.
+        assert wait_until(lambda: len(os.listdir(started)) >= 2, 20), out.getvalue()
         handles[1].kill()
     finally:
         job.join(30)
     assert not job.is_alive(), out.getvalue()
     assert done == [[-x for x in inputs]], out.getvalue()  # each result once, in order
-    assert work_farm.stats["results"] == len(inputs), (work_farm.stats, out.getvalue())
-    assert work_farm.stats["requeued"] >= 1, (work_farm.stats, out.getvalue())
-    assert "farm: worker-2 lost (PeerLost); its " in out.getvalue()
     assert handles[1].join(5) == -signal.SIGKILL
+    assert "farm: worker-2 left (127.0.0.1)" in out.getvalue()
     assert "worker-2" not in work_farm.workers()
+    # What worker-2 started (call_any sent it there) was answered by the others (call_any's retries).
+    shares = _shares(out.getvalue(), len(inputs))
+    assert sum(shares.values()) == len(inputs) and set(shares) == {"worker-1", "worker-3"}, shares
 
 
 def test_farm_job_fails_with_the_functions_error(zprokit_main) -> None:
-    work_farm = farm.Farm(zprokit_main, out=io.StringIO())
-    zprokit_main.create_window("worker-1", farm.worker, env={"PYTHONPATH": ROOT})
+    out = io.StringIO()
+    work_farm = farm.Farm(zprokit_main, out=out)
+    _workers(zprokit_main, 1)
     assert work_farm.wait_for_workers(1, timeout=20)
     with pytest.raises(zprokit.RemoteError) as failed:
-        work_farm.map(lambda x: 1 / x, [3, 2, 1, 0, 5])
+        work_farm.map(lambda x: (time.sleep(0.05), 1 / x)[1], [3, 2, 1, 0, 5, 6, 7])
     assert failed.value.remote_type.endswith("ZeroDivisionError")
+    assert re.search(r"^farm: job \w+ failed: RemoteError: .*ZeroDivisionError", out.getvalue(), re.M), out.getvalue()
+    # The job's other tasks were cancelled: nothing of it is left pending.
+    assert wait_until(lambda: zprokit_main.stats()["pending_requests"] == 0, 5), zprokit_main.stats()
     assert work_farm.map(lambda x: x + 1, [1, 2]) == [2, 3]  # the farm serves on
+
+
+def test_farm_streams_a_windows_job_with_its_progress(zprokit_main, zprokit_window) -> None:
+    """``submit`` from a window: the main's ``farm.map`` handler streams each result as its task finishes."""
+    work_farm = farm.serve(zprokit_main)
+    _workers(zprokit_main, 2)
+    client = zprokit_window("client")
+    assert work_farm.wait_for_workers(2, timeout=20)
+    steps: list[tuple[int, int]] = []
+    results = farm.submit(client, lambda x: x * 10, range(30), progress=lambda done, total: steps.append((done, total)))
+    assert results == [x * 10 for x in range(30)]
+    assert steps == [(n, 30) for n in range(1, 31)]
+    with pytest.raises(zprokit.RemoteError) as failed:
+        farm.submit(client, lambda x: 1 / x, [1, 0])
+    assert failed.value.remote_type.endswith("ZeroDivisionError")
 
 
 # --- the docker demo's files ---------------------------------------------------------------------
@@ -218,6 +272,10 @@ def test_compose_services_run_the_example_app() -> None:
     assert worker[:2] == ["zprokit", "window"]
     assert _option(worker, "--connect") == "tcp://main:5555"  # the main service, by its compose name
     assert "$HOSTNAME" in _option(worker, "--name")  # unique per replica, so --scale works
+    # Every worker joins the group the tour's group calls address, and the farm's too, so the farm
+    # runs on these services with only their APP and TARGET swapped.
+    assert _option(worker, "--group") == docker_app.GROUP == farm.GROUP
+    assert "--group" not in main
     assert worker[-1] == "examples.docker_app:worker"
 
     for argv in (main, worker):
