@@ -92,13 +92,17 @@ def cmd_window(args: argparse.Namespace) -> int:
 
     with _on_signals(stop):
         try:
+            # Ready (for wait_for_window, and to be picked by call_any) once the target has its
+            # callbacks in place: it waits in wait_closed(), calls window.ready(), or returns.
             window = _connect(init_expose_in_main_world, args.name, exit_with_main=args.exit_with_main,
-                              heartbeat=args.heartbeat, liveness=args.liveness, groups=args.group, **options)
+                              heartbeat=args.heartbeat, liveness=args.liveness, groups=args.group, ready=False,
+                              **options)
         except _Stop:
             return 0
         try:
             _out(f"zprokit window: {window.name!r} connected to {window.endpoint}")
             target(window)
+            window.ready()
         except _Stop:
             log.info("zprokit window: closing on a signal")
         except Exception:
