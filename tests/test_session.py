@@ -570,11 +570,11 @@ def test_a_route_is_cancelled_by_its_source_under_its_own_msg_id(main):
     assert main.session.cancel_route("a", 5) is None
 
 
-def test_routes_to_a_gone_window_returns_those_it_was_to_answer_and_forgets_all_of_its(main):
+def test_routes_to_a_gone_window_returns_those_it_was_to_answer_and_those_it_asked_and_forgets_all(main):
     to_b = main.session.add_route("a", 1, "b")
     from_b = main.session.add_route("b", 2, "c")
     other = main.session.add_route("a", 3, "c")
-    assert main.session.routes_to("b") == [Route("a", 1, "b")]
+    assert main.session.routes_to("b") == ([Route("a", 1, "b")], [(from_b, Route("b", 2, "c"))])
     assert set(main.session.routes) == {other}
     assert main.session.answered_route(from_b, "c") is None and main.session.cancel_route("a", 1) is None
     assert main.session.answered_route(to_b, "b") is None

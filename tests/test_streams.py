@@ -259,3 +259,23 @@ def test_a_stream_of_small_items_keeps_its_order_at_volume(main, zprokit_window)
     for item in window.render_stream_from_main(20_000, channel="count", prefetch=64):
         items.put(item)
     assert items.items == list(range(20_000))
+
+
+def test_a_window_to_window_producer_stops_when_its_consumer_window_goes(main, zprokit_window):
+    consumer, producer = zprokit_window("consumer"), zprokit_window("producer")
+    counting = Counting()
+    producer.on_render_msg_to_render(counting, channel="count")
+    stream = consumer.render_stream_from_render("producer", 10**9, channel="count", prefetch=4)
+    assert next(stream) == 0
+    consumer.close()  # gone without closing its stream: the main tells the producer
+    assert counting.closed.wait(WAIT)
+    assert wait_until(lambda: idle(main, producer), WAIT)
+
+
+def test_prefetch_is_bounded_below_zeromqs_queue(main, zprokit_window):
+    window = zprokit_window()
+    main.on_msg_from_render(Counting(), channel="count")
+    for bad in (0, 501, 10**6, True, 2.5):
+        with pytest.raises(ValueError, match="prefetch"):
+            window.render_stream_from_main(3, channel="count", prefetch=bad)
+    assert list(window.render_stream_from_main(600, channel="count", prefetch=500)) == list(range(600))

@@ -27,7 +27,7 @@ from ._calls import timeout_ms
 from ._common import check_channel, check_group, check_retries, check_timeout
 from ._requests import PendingRequests, ReplyFuture
 from ._serve import check_size
-from ._streams import ReplyStream
+from ._streams import RETRY, ReplyStream
 from .errors import PeerLost, WindowNotFound, ZprokitError
 from .protocol import Kind
 from .serializers import Serializer
@@ -143,8 +143,8 @@ class MainCalls:
             defer=router.call_soon)
         router.streams[msg_id] = stream
         try:
-            sent = router.send_to(peer.name, Kind.STREAM, msg_id, channel, payload, raise_full=True,
-                                  timeout_ms=timeout_ms(limit), count=prefetch)
+            # No timeout_ms: ``limit`` bounds the wait for each item, not the stream (no deadline).
+            sent = router.send_to(peer.name, Kind.STREAM, msg_id, channel, payload, raise_full=True, count=prefetch)
         except BaseException:
             router.streams.pop(msg_id, None)
             raise
@@ -154,7 +154,10 @@ class MainCalls:
         return stream
 
     def _stream_more(self, msg_id: int, name: str, count: int) -> None:
-        self._router.send_to(name, Kind.MORE, msg_id, count=count)
+        """Credit back to the producer; tried again while the queue to it is full (lost, the
+        stream would stall), as long as the stream is open."""
+        if not self._router.send_to(name, Kind.MORE, msg_id, count=count) and msg_id in self._router.streams:
+            self._router.call_later(RETRY, functools.partial(self._stream_more, msg_id, name, count))
 
     def _stream_cancel(self, msg_id: int, name: str) -> None:
         """The consumer closed (or dropped) stream ``msg_id``: forget it, and stop its producer."""

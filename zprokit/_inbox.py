@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from . import protocol
 from ._callbacks import Listeners
 from ._calls import ServedCall, deadline_of
-from ._streams import Credit, is_stream, is_stream_handler, open_stream, produce
+from ._streams import Credit, is_stream, is_stream_handler, open_stream, produce, send_patiently
 from ._dispatch import Dispatcher, call_handler
 from ._ratelimit import RateLimitedLog
 from .errors import NoHandler, QueueFull
@@ -130,6 +130,9 @@ class Inbox:
         error: Exception | None = None
         if not callbacks:
             error = NoHandler(msg.channel, self._name)
+        elif not is_stream_handler(callbacks[0]):  # refused before it runs, naming the call to use
+            error = TypeError(f"the callback of channel {msg.channel!r} of window {self._name!r} does not stream: "
+                              f"call {'render_call_render' if msg.source else 'main_call_render'}")
         elif self._request_backlog >= self._max_queued:
             self._stats["refused_busy"] += 1
             error = QueueFull(self._name, f"window {self._name!r} has {self._request_backlog} calls waiting")
@@ -162,7 +165,8 @@ class Inbox:
         def item(obj: Any) -> bool:
             payload = self._serializer.dumps(obj)
             link.check_size(payload, "", "")
-            return current() and link.send(Kind.ITEM, msg_id, "", "", payload, raise_full=True)
+            return current() and send_patiently(
+                lambda: link.send(Kind.ITEM, msg_id, "", "", payload, raise_full=True), call)
 
         def end(error: BaseException | None) -> None:
             if call.cancelled or not current():

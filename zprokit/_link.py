@@ -32,7 +32,7 @@ from ._inbox import Inbox
 from ._loop import IOLoop, SharedSocket
 from ._ratelimit import RateLimitedLog
 from ._requests import PendingRequests, ReplyFuture, fail
-from ._streams import ReplyStream
+from ._streams import ReplyStream, live_streams
 from ._subscriber import Subscriber
 from .errors import AuthenticationError, Closed, MessageTooLarge, PeerLost, ProtocolError, QueueFull, Timeout
 from .protocol import Kind, Message, Rejected
@@ -462,13 +462,17 @@ class Link:
 
     def end_streams(self, error: Callable[[ReplyStream[Any]], BaseException]) -> None:
         """Every stream of ours ends with ``error(stream)`` (the main is gone, or we closed)."""
-        for msg_id, stream in list(self.streams.items()):
+        for msg_id, stream in live_streams(self.streams):
             self.streams.pop(msg_id, None)
             stream.finish(error(stream))
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread."""
         self._loop.call_soon(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread in ``delay`` s."""
+        self._loop.call_later(delay, fn)
 
     def resume_broadcasts(self) -> None:
         """The broadcast backlog drained (any thread): the SUB is read again."""

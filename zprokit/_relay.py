@@ -21,6 +21,7 @@ room. ``lock`` guards every window's ``in_flight`` and ``waiting``.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import threading
@@ -31,6 +32,7 @@ from ._calls import timeout_ms
 from ._common import MAX_WAIT
 from ._groups import empty_group
 from ._serve import check_size
+from ._streams import RETRY
 from .errors import MessageTooLarge, PeerLost, QueueFull, WindowNotFound
 from .protocol import FLAG_GROUP, Kind, Message, normalize_name
 from .session import GroupJob, Peer, Route
@@ -219,7 +221,16 @@ class Relay:
                     self._router.send_to(peer.name, Kind.CANCEL, msg.msg_id, origin=route.source)
                 self._router.send_error(route.source, route.source_msg_id, e)
                 return True
-        self._router.send_to(route.source, msg.kind, route.source_msg_id, "", msg.payload, origin=peer.name)
+        if msg.kind != Kind.ITEM:
+            self._router.send_to(route.source, msg.kind, route.source_msg_id, "", msg.payload, origin=peer.name)
+            return True
+        try:  # an item is never dropped silently: a stream whose consumer's queue is full ends, and says so
+            self._router.send_to(route.source, Kind.ITEM, route.source_msg_id, "", msg.payload, origin=peer.name,
+                                 raise_full=True)
+        except QueueFull as e:
+            session.pop_route(msg.msg_id)
+            self._router.send_to(peer.name, Kind.CANCEL, msg.msg_id, origin=route.source)
+            self._router.send_error(route.source, route.source_msg_id, e)
         return True
 
     def more(self, source: str, source_msg_id: int, count: int) -> None:
@@ -228,7 +239,10 @@ class Relay:
         found = self._session.route_of(source, source_msg_id)
         if found is not None:
             msg_id, route = found
-            self._router.send_to(route.target, Kind.MORE, msg_id, origin=source, count=count)
+            if not self._router.send_to(route.target, Kind.MORE, msg_id, origin=source, count=count):
+                # The queue to the producer is full (or it left: then the route is gone). Lost, the
+                # credit would stall the stream: tried again while the route lives.
+                self._router.call_later(RETRY, functools.partial(self.more, source, source_msg_id, count))
 
     def cancel(self, source: str, source_msg_id: int) -> None:
         """``source`` gave up its routed request: not routed yet, it never will be; else the

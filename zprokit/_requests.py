@@ -89,8 +89,13 @@ class ReplyFuture(concurrent.futures.Future[_T]):
 
 
 def fail(future: ReplyFuture[Any], exc: BaseException) -> None:
+    """Fail ``future`` with ``exc`` unless it has ended (answered, or cancelled by its caller:
+    which may happen at any moment, from any thread)."""
     if not future.done():
-        future.set_exception(exc)
+        try:
+            future.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            pass
 
 
 _EXPIRE_BATCH = 500

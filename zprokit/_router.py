@@ -33,7 +33,7 @@ from ._ratelimit import RateLimitedLog
 from ._relay import Relay
 from ._requests import PendingRequests, fail
 from ._serve import Server
-from ._streams import ReplyStream
+from ._streams import ReplyStream, live_streams
 from .errors import Closed, PeerLost, QueueFull
 from .protocol import Kind, Message, Rejected
 from .security import REJECTION_REASONS, user_id
@@ -157,6 +157,10 @@ class Router:
         """Run ``fn`` on the I/O thread."""
         self._loop.call_soon(fn)
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the I/O thread in ``delay`` s."""
+        self._loop.call_later(delay, fn)
+
     def reject(self, reason: str, detail: Any = "", raw: list[Any] | None = None) -> None:
         self.rejected[reason] += 1
         peer = _PeerAddress(raw[-1] if raw else None)  # looked up only if the line is written
@@ -250,7 +254,7 @@ class Router:
 
     def end_calls(self) -> None:
         """The main closed: its streams end with ``Closed``; handlers still running are told."""
-        for stream in list(self.streams.values()):
+        for _, stream in live_streams(self.streams):
             stream.finish(Closed(f"{stream.description}: the main was closed with the stream open"))
         for call in list(self.session.serving.values()):
             call.cancel()
@@ -260,13 +264,16 @@ class Router:
         self._forget_login(name, peer.nonce)
         lost = PeerLost(f"window {name!r} left ({reason}) with the request pending")
         self._pending.fail_all(lambda future: lost, target=name)
-        for msg_id, stream in list(self.streams.items()):
+        for msg_id, stream in live_streams(self.streams):
             if stream.peer == name:
                 self.streams.pop(msg_id, None)
                 stream.finish(lost)
-        for route in self.session.routes_to(name):
+        answering, asked = self.session.routes_to(name)
+        for route in answering:
             if not self.relay.send_on(route, lost):  # a group call with retries left goes to another member
                 self.send_error(route.source, route.source_msg_id, lost)
+        for msg_id, route in asked:  # its caller is gone: the callee stops (a producer closes its generator)
+            self.send_to(route.target, Kind.CANCEL, msg_id, origin=name)
         self.relay.window_left(peer, lost)
         log.info("window %r disconnected (%s)", name, reason)
         self._tell_left(peer, reason)

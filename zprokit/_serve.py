@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import protocol
 from ._calls import ServedCall, deadline_of
-from ._streams import Credit, is_stream, open_stream, produce
+from ._streams import Credit, is_stream, open_stream, produce, send_patiently
 from ._dispatch import Dispatcher, call_handler
 from .errors import MessageTooLarge, NoHandler, QueueFull
 from .events import Event
@@ -95,6 +95,10 @@ class Server:
         if entry is None:
             self._router.send_error(peer.name, msg.msg_id, NoHandler(msg.channel, MAIN_NAME))
             return
+        if not entry[2]:  # a one-shot handler: refused before it runs, naming the call to use
+            self._router.send_error(peer.name, msg.msg_id, TypeError(
+                f"the handler of channel {msg.channel!r} does not stream: call render_msg_to_main"))
+            return
         if self._backlog >= self._max_queued:
             self._router.stats["refused_busy"] += 1
             self._router.send_error(peer.name, msg.msg_id, QueueFull(
@@ -121,8 +125,8 @@ class Server:
         def item(obj: Any) -> bool:
             payload = self._serializer.dumps(obj)
             check_size(peer, payload, "")
-            return windows.get(name) is peer and self._router.send_to(name, Kind.ITEM, msg_id, "", payload,
-                                                                     raise_full=True)
+            return windows.get(name) is peer and send_patiently(
+                lambda: self._router.send_to(name, Kind.ITEM, msg_id, "", payload, raise_full=True), call)
 
         def end(error: BaseException | None) -> None:
             if windows.get(name) is not peer or call.cancelled:

@@ -22,18 +22,19 @@ import inspect
 import logging
 import threading
 import types
+import weakref
 from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 
 from ._calls import ServedCall
 from ._dispatch import Dispatcher
-from .errors import Closed, Timeout
+from .errors import Closed, QueueFull, Timeout
 from .events import Event
 from .protocol import Message
 from .serializers import Serializer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReplyStream", "Credit", "is_stream", "is_stream_handler", "open_stream", "produce", "DEFAULT_PREFETCH", "check_prefetch"]
+__all__ = ["ReplyStream", "Credit", "send_patiently", "live_streams", "MAX_PREFETCH", "is_stream", "is_stream_handler", "open_stream", "produce", "DEFAULT_PREFETCH", "check_prefetch"]
 
 _T = TypeVar("_T")
 DEFAULT_PREFETCH = 16
@@ -49,15 +50,47 @@ def is_stream_handler(handler: Callable[..., Any]) -> bool:
     return False
 
 
+def live_streams(table: "weakref.WeakValueDictionary[int, ReplyStream[Any]]") -> list[tuple[int, "ReplyStream[Any]"]]:
+    """The streams in ``table`` still alive, copied in one step: walking the table itself is not
+    one step, and other threads add (callers) and remove (readers, the garbage collector)."""
+    # The table's own dict of weak references (not in typeshed, long stable): list() copies it at once.
+    refs = list(table.data.items())  # type: ignore[attr-defined]
+    return [(key, stream) for key, ref in refs if (stream := ref()) is not None]
+
+
+def _wake(waiter: concurrent.futures.Future[None] | None) -> None:
+    """Wake whoever waits on ``waiter`` (an asyncio consumer may have cancelled it meanwhile)."""
+    if waiter is not None:
+        try:
+            waiter.set_result(None)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+
 def is_stream(result: Any) -> bool:
     """What a streaming handler returns: a generator or an async generator."""
     return isinstance(result, (types.GeneratorType, types.AsyncGeneratorType))
 
 
+MAX_PREFETCH = 500  # below ZeroMQ's queue of 1000 messages a connection: credit, not the queue, holds a producer
+RETRY = 0.01  # s: how soon a send that found a full queue is tried again
+
+
 def check_prefetch(prefetch: int) -> int:
-    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or not 1 <= prefetch <= 2**31:
-        raise ValueError(f"prefetch must be a whole number from 1 to 2**31, got {prefetch!r}")
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or not 1 <= prefetch <= MAX_PREFETCH:
+        raise ValueError(f"prefetch must be a whole number from 1 to {MAX_PREFETCH}, got {prefetch!r}")
     return prefetch
+
+
+def send_patiently(send: Callable[[], bool], call: ServedCall) -> bool:
+    """A producer's ``send()`` (one that raises ``QueueFull``), tried again while the queue to its
+    consumer is full: it waits there as it waits for credit, until it is cancelled."""
+    while True:
+        try:
+            return send()
+        except QueueFull:
+            if call.token.wait(RETRY):
+                return False
 
 
 class ReplyStream(Generic[_T]):
@@ -108,8 +141,7 @@ class ReplyStream(Generic[_T]):
                 return
             self._items.append(payload)
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.set_result(None)
+        _wake(waiter)
 
     def finish(self, error: BaseException | None) -> None:
         """END (``error`` None), or why it ended (the producer's error, PeerLost, Closed)."""
@@ -118,8 +150,7 @@ class ReplyStream(Generic[_T]):
                 return
             self._end = _END if error is None else error
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.set_result(None)
+        _wake(waiter)
 
     @property
     def ended(self) -> bool:
@@ -143,8 +174,9 @@ class ReplyStream(Generic[_T]):
                 assert isinstance(end, BaseException)
                 self._end = _END  # said once: then the stream is simply over
                 raise end
-            else:
-                self._waiter = concurrent.futures.Future()
+            else:  # one waiter for every consumer thread: all wake, one takes the item
+                if self._waiter is None or self._waiter.done():
+                    self._waiter = concurrent.futures.Future()
                 return False, None, self._waiter
         if credit:
             self._more(credit)
@@ -200,8 +232,7 @@ class ReplyStream(Generic[_T]):
             self._end = _END
             self._items.clear()
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.set_result(None)
+        _wake(waiter)
         self._cancel()
 
     async def aclose(self) -> None:
@@ -353,8 +384,10 @@ async def _run_async(stream: Any, call: ServedCall, gate: Credit, send_item: Cal
                 return
             if not send_item(item):
                 return
-    except asyncio.CancelledError:
-        return  # cancelled: the consumer gave up, nothing to tell it
+    except asyncio.CancelledError as e:
+        if not call.cancelled:  # the generator's own CancelledError, not the consumer's: say so
+            send_end(e)
+        return
     except BaseException as e:
         if not call.cancelled:
             send_end(e)

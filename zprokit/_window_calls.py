@@ -15,7 +15,7 @@ from ._calls import timeout_ms
 from ._common import check_channel, check_timeout
 from ._link import Link
 from ._requests import PendingRequests, ReplyFuture, fail
-from ._streams import ReplyStream, check_prefetch
+from ._streams import RETRY, ReplyStream, check_prefetch
 from .errors import PeerLost
 from .protocol import Kind
 from .serializers import Serializer
@@ -90,8 +90,8 @@ class WindowCalls:
             defer=link.call_soon)
         link.streams[msg_id] = stream
         try:
-            sent = link.send(Kind.STREAM, msg_id, target, channel, payload, raise_full=True,
-                             timeout_ms=timeout_ms(limit), count=prefetch)
+            # No timeout_ms: ``limit`` bounds the wait for each item, not the stream (no deadline).
+            sent = link.send(Kind.STREAM, msg_id, target, channel, payload, raise_full=True, count=prefetch)
         except BaseException:
             link.streams.pop(msg_id, None)
             raise
@@ -101,7 +101,12 @@ class WindowCalls:
         return stream
 
     def _stream_more(self, msg_id: int, target: str, count: int) -> None:
-        self._link.send(Kind.MORE, msg_id, target, "", (), count=count)
+        """Credit back to the producer; tried again while the queue to the main is full (lost, the
+        stream would stall), as long as the stream is open and the main there."""
+        link = self._link
+        if not link.send(Kind.MORE, msg_id, target, "", (), count=count) and msg_id in link.streams:
+            if self._session.connected:
+                link.call_later(RETRY, functools.partial(self._stream_more, msg_id, target, count))
 
     def _stream_cancel(self, msg_id: int, target: str) -> None:
         """The consumer closed (or dropped) stream ``msg_id``: forget it, and stop its producer."""

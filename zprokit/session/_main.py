@@ -424,15 +424,18 @@ class MainSession:
             return list(self.windows.values())
         return list(self.groups.get(group, {}).values())
 
-    def routes_to(self, name: str) -> list[Route]:
-        """Forget the routes of window ``name`` (which left); those it was to answer are returned."""
-        lost = []
+    def routes_to(self, name: str) -> tuple[list[Route], list[tuple[int, Route]]]:
+        """Forget the routes of window ``name`` (which left): ``(those it was to answer, so their
+        callers are told; (our msg_id, route) of those it had asked, so their callees are told)``."""
+        lost, orphaned = [], []
         for msg_id, route in list(self.routes.items()):
             if route.target == name or route.source == name:
                 self.pop_route(msg_id)
                 if route.target == name:
                     lost.append(route)
-        return lost
+                else:
+                    orphaned.append((msg_id, route))
+        return lost, orphaned
 
     def describe(self, now: float) -> list[dict[str, Any]]:
         """Every registered window, for ``zprokit windows``; ``now``: ``time.time()``."""
