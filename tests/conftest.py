@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import zmq.utils.garbage as zmq_garbage
@@ -33,6 +33,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
         if time.monotonic() >= deadline:
             return bool(predicate())
         time.sleep(interval)
+
+
+def idle(main: Any, *windows: Any) -> bool:
+    """No call or stream left anywhere: not awaiting an answer, queued, running or carried."""
+    stats = main.stats()
+    busy = stats["pending_requests"] + stats["requests_queued"] + stats["requests_running"] + stats["pending_routes"]
+    for window in windows:
+        w = window.stats()
+        busy += w["pending_requests"] + w["requests_queued"] + w["requests_running"]
+    return bool(busy == 0)
 
 
 def child_pids(pid: int | None = None) -> set[int]:

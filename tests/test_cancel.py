@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import TESTS_DIR, Inbox, wait_until
+from conftest import TESTS_DIR, Inbox, idle, wait_until
 from zprokit import Main, Timeout, Window
 from zprokit.protocol import Kind
 
@@ -27,16 +27,6 @@ WAIT = 10.0
 @pytest.fixture
 def main(zprokit_main: Main) -> Main:
     return zprokit_main
-
-
-def idle(main: Main, *windows) -> bool:
-    """No call left anywhere: not awaiting an answer, queued, running or carried."""
-    stats = main.stats()
-    busy = stats["pending_requests"] + stats["requests_queued"] + stats["requests_running"] + stats["pending_routes"]
-    for window in windows:
-        w = window.stats()
-        busy += w["pending_requests"] + w["requests_queued"] + w["requests_running"]
-    return busy == 0
 
 
 def waiting_handler(seen: Inbox):

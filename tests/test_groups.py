@@ -22,6 +22,7 @@ from zprokit.protocol import Rejected
 from zprokit.session import Welcome
 
 from conftest import TESTS_DIR, Inbox, wait_until
+from conftest import idle as no_calls_left
 from test_cli import KEY, Background, zprokit as run_zprokit
 from test_session import T0, MainNode, WindowNode, join
 
@@ -58,12 +59,7 @@ def loads(main: Main) -> dict[str, int]:
 
 def idle(main: Main, *windows: Window) -> bool:
     """No call left anywhere (pending, queued, running or carried), and every load back to 0."""
-    stats = main.stats()
-    busy = stats["pending_requests"] + stats["requests_queued"] + stats["requests_running"] + stats["pending_routes"]
-    for window in windows:
-        w = window.stats()
-        busy += w["pending_requests"] + w["requests_queued"] + w["requests_running"]
-    return busy == 0 and not any(loads(main).values())
+    return no_calls_left(main, *windows) and not any(loads(main).values())
 
 
 def holder(window: Window, seen: Inbox) -> None:

@@ -19,8 +19,8 @@ import threading
 
 import pytest
 
-from conftest import TESTS_DIR, Inbox, wait_until
-from zprokit import Main, PeerLost, RemoteError, Timeout, Window
+from conftest import TESTS_DIR, Inbox, idle, wait_until
+from zprokit import Main, PeerLost, RemoteError, Timeout
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
@@ -29,16 +29,6 @@ WAIT = 10.0
 @pytest.fixture
 def main(zprokit_main: Main) -> Main:
     return zprokit_main
-
-
-def idle(main: Main, *windows: Window) -> bool:
-    """No call or stream left anywhere."""
-    stats = main.stats()
-    busy = stats["pending_requests"] + stats["requests_queued"] + stats["requests_running"] + stats["pending_routes"]
-    for window in windows:
-        w = window.stats()
-        busy += w["pending_requests"] + w["requests_queued"] + w["requests_running"]
-    return busy == 0
 
 
 class Counting:

@@ -191,16 +191,21 @@ def normalize_name(name: Any) -> Any:
 
 def check_window_name(name: Any) -> str | None:
     """Why ``name`` cannot be a window's name, or None if it can."""
+    return _check_name(name, "a window name", MAX_NAME_BYTES)
+
+
+def _check_name(name: Any, what: str, limit: int) -> str | None:
+    """Why ``name`` cannot be ``what`` (a window's or a group's name), or None if it can."""
     if not isinstance(name, str) or not name:
-        return "a window name must be a non-empty string"
+        return f"{what} must be a non-empty string"
     if "\0" in name:
-        return "a window name cannot contain NUL"
+        return f"{what} cannot contain NUL"
     try:
         size = len(name.encode())
     except UnicodeEncodeError:
-        return "a window name must be valid Unicode (no lone surrogates)"
-    if size > MAX_NAME_BYTES:
-        return f"a window name is at most {MAX_NAME_BYTES} bytes of UTF-8 (this one is {size})"
+        return f"{what} must be valid Unicode (no lone surrogates)"
+    if size > limit:
+        return f"{what} is at most {limit} bytes of UTF-8 (this one is {size})"
     return None
 
 
@@ -210,17 +215,7 @@ MAX_GROUP_BYTES = 255
 
 def check_group_name(group: Any) -> str | None:
     """Why ``group`` cannot name a group of windows, or None if it can."""
-    if not isinstance(group, str) or not group:
-        return "a group name must be a non-empty string"
-    if "\0" in group:
-        return "a group name cannot contain NUL"
-    try:
-        size = len(group.encode())
-    except UnicodeEncodeError:
-        return "a group name must be valid Unicode (no lone surrogates)"
-    if size > MAX_GROUP_BYTES:
-        return f"a group name is at most {MAX_GROUP_BYTES} bytes of UTF-8 (this one is {size})"
-    return None
+    return _check_name(group, "a group name", MAX_GROUP_BYTES)
 
 
 def check_groups(groups: Any) -> str | None:
