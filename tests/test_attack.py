@@ -15,8 +15,7 @@ import time
 import pytest
 import zmq
 
-import zprokit
-from zprokit import Main, QueueFull, Timeout, Window
+from zprokit import Main, QueueFull, Window
 
 from conftest import TESTS_DIR, patiently, wait_until
 

@@ -18,7 +18,6 @@ import unicodedata
 
 import pytest
 
-import zprokit
 from zprokit import Closed, Main, MessageTooLarge, NameInUse, RemoteError, Timeout, Window
 
 from conftest import Inbox, patiently, wait_until

@@ -13,7 +13,7 @@ import pytest
 import zprokit
 from zprokit import Main, NoHandler, Window
 
-from conftest import TESTS_DIR, Inbox, wait_until
+from conftest import TESTS_DIR, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 ENV = {"PYTHONPATH": TESTS_DIR}
