@@ -176,18 +176,7 @@ def serve_raw_sink(endpoint: str, warm: int, total: int) -> None:
     dealer.send(b"hello")
     dealer.recv()
     dealer.rcvtimeo = 100
-    counter = _Counter(warm, total)
-
-    def step() -> None:
-        _, payload = dealer.recv_multipart(copy=False)
-        counter.arrive(payload.buffer)
-
-    stop = _socket_loop(step)
-    _say("ready")
-    _commands({"count": counter.report})
-    stop()
-    dealer.close(0)
-    ctx.term()
+    _count_until_closed(ctx, dealer, warm, total)
 
 
 def serve_raw_sub(endpoint: str, warm: int, total: int) -> None:
@@ -195,17 +184,23 @@ def serve_raw_sub(endpoint: str, warm: int, total: int) -> None:
     ctx = zmq.Context()
     sub = _raw_socket(ctx, zmq.SUB, endpoint=endpoint)
     sub.setsockopt(zmq.SUBSCRIBE, b"B")
+    _count_until_closed(ctx, sub, warm, total)
+
+
+def _count_until_closed(ctx: zmq.Context[Any], sock: zmq.Socket[Any], warm: int, total: int) -> None:
+    """Count the numbered payloads ``sock`` receives (two frames each: a header, the payload),
+    answering ``count`` until stdin closes; then close ``sock`` and ``ctx``."""
     counter = _Counter(warm, total)
 
     def step() -> None:
-        _, payload = sub.recv_multipart(copy=False)
+        _, payload = sock.recv_multipart(copy=False)
         counter.arrive(payload.buffer)
 
     stop = _socket_loop(step)
     _say("ready")
     _commands({"count": counter.report})
     stop()
-    sub.close(0)
+    sock.close(0)
     ctx.term()
 
 
