@@ -269,3 +269,29 @@ def test_prefetch_is_bounded_below_zeromqs_queue(main, zprokit_window):
         with pytest.raises(ValueError, match="prefetch"):
             window.render_stream_from_main(3, channel="count", prefetch=bad)
     assert list(window.render_stream_from_main(600, channel="count", prefetch=500)) == list(range(600))
+
+
+def test_a_one_shot_call_whose_handler_returns_a_generator_fails_naming_the_stream_call(main, zprokit_window):
+    """Not a generator function, so only its answer tells: the generator is closed, never pickled."""
+    window = zprokit_window("w")
+    closed = threading.Event()
+
+    def numbers():
+        try:
+            yield 1
+        finally:
+            closed.set()
+
+    def gives_generator(event, args):
+        stream = numbers()
+        next(stream)  # started, so closing it runs its finally
+        return stream
+
+    main.on_msg_from_render(gives_generator, channel="gen")
+    window.on_msg_from_main(lambda event, args: (i for i in range(3)), channel="gen")
+    with pytest.raises(RemoteError, match="render_stream_from_main"):
+        window.render_msg_to_main(None, channel="gen").result(WAIT)
+    assert closed.wait(WAIT)
+    with pytest.raises(RemoteError, match="main_stream_from_render"):
+        main.main_call_render("w", None, channel="gen").result(WAIT)
+    assert wait_until(lambda: idle(main, window), WAIT)

@@ -16,14 +16,13 @@ import functools
 import logging
 import threading
 import time
-import traceback
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import protocol
 from ._callbacks import Listeners
 from ._calls import ServedCall, deadline_of
-from ._streams import Credit, is_stream, is_stream_handler, open_stream, produce, send_patiently
+from ._streams import Credit, is_stream_handler, open_stream, produce, send_patiently, streamed_answer
 from ._dispatch import Dispatcher, call_handler
 from ._ratelimit import RateLimitedLog
 from .errors import NoHandler, QueueFull
@@ -171,8 +170,7 @@ class Inbox:
         def end(error: BaseException | None) -> None:
             if call.cancelled or not current():
                 return
-            body = [] if error is None else [protocol.encode_body(protocol.error_body(
-                error, self._name, "".join(traceback.format_exception(error)), from_handler=True))]
+            body = [] if error is None else protocol.handler_error(error, self._name)
             link.send(Kind.END, msg_id, "", "", body)
 
         def done() -> None:
@@ -311,10 +309,8 @@ class Inbox:
                 with self.lock:
                     self._stats["late_answers"] += 1
                 return
-            if exc is None and is_stream(result):  # a callback that streams, found out only now
-                getattr(result, "close", lambda: None)()
-                exc = TypeError(f"the callback answered with a stream: call "
-                                f"{'render_stream_from_render' if msg.source else 'main_stream_from_render'}")
+            if exc is None:
+                exc = streamed_answer(result, "render_stream_from_render" if msg.source else "main_stream_from_render")
             if exc is None:
                 try:
                     kind, payload = Kind.REPLY, self._serializer.dumps(result)
@@ -323,8 +319,7 @@ class Inbox:
                 except Exception as e:  # an unpicklable or oversized return value is the callback's error
                     exc = e
             if exc is not None:
-                body = protocol.error_body(exc, self._name, "".join(traceback.format_exception(exc)), from_handler=True)
-                kind, payload = Kind.ERROR, [protocol.encode_body(body)]
+                kind, payload = Kind.ERROR, protocol.handler_error(exc, self._name)
             self._send(kind, msg_id, "", "", payload)
 
         try:

@@ -259,7 +259,6 @@ class IOLoop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._on_stop: Callable[[], None] | None = None
         self._on_fail: Callable[[BaseException], None] | None = None
-        self.failure: BaseException | None = None  # what ended the thread, if not a stop
 
     # --- for the owner, before start ------------------------------------------------
 
@@ -383,7 +382,6 @@ class IOLoop:
                 self._run_once()
         except BaseException as e:  # a bug in zprokit (user code never runs bare here): no half-alive node
             self._stopping = True
-            self.failure = e
             log.critical("%s: the I/O thread failed; its node is closed", self.name, exc_info=e)
             if self._on_fail is not None:
                 try:

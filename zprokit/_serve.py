@@ -12,12 +12,11 @@ from __future__ import annotations
 import functools
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import protocol
 from ._calls import ServedCall, deadline_of
-from ._streams import Credit, is_stream, open_stream, produce, send_patiently
+from ._streams import Credit, open_stream, produce, send_patiently, streamed_answer
 from ._dispatch import Dispatcher, call_handler
 from .errors import MessageTooLarge, NoHandler, QueueFull
 from .events import Event
@@ -131,8 +130,7 @@ class Server:
         def end(error: BaseException | None) -> None:
             if windows.get(name) is not peer or call.cancelled:
                 return  # nobody to tell
-            body = [] if error is None else [protocol.encode_body(protocol.error_body(
-                error, MAIN_NAME, "".join(traceback.format_exception(error)), from_handler=True))]
+            body = [] if error is None else protocol.handler_error(error, MAIN_NAME)
             self._router.send_to(name, Kind.END, msg_id, "", body)
 
         stream = open_stream(handler, Event(name, msg.channel, "request", None, MAIN_NAME, False, call.token,
@@ -192,9 +190,8 @@ class Server:
                 with self._router.sock.lock:
                     self._router.stats["late_answers"] += 1  # its caller is gone: nobody to answer
                 return
-            if exc is None and is_stream(result):  # a handler that streams, found out only now
-                getattr(result, "close", lambda: None)()
-                exc = TypeError("the handler answered with a stream: call render_stream_from_main")
+            if exc is None:
+                exc = streamed_answer(result, "render_stream_from_main")
             if exc is None:
                 try:
                     reply = self._serializer.dumps(result)
@@ -202,8 +199,7 @@ class Server:
                 except Exception as e:  # an unpicklable or oversized return value is the handler's error
                     exc = e
             if exc is not None:
-                body = protocol.error_body(exc, MAIN_NAME, "".join(traceback.format_exception(exc)), from_handler=True)
-                self._router.send_to(name, Kind.ERROR, msg_id, "", [protocol.encode_body(body)], served=True)
+                self._router.send_to(name, Kind.ERROR, msg_id, "", protocol.handler_error(exc, MAIN_NAME), served=True)
             elif len(reply) == 1 and self._router.batching and self._router.in_loop():
                 # An inline handler's reply, made while the loop works through a batch of
                 # messages, leaves with the batch's other replies when the batch ends: a run

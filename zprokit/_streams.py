@@ -34,16 +34,21 @@ from .serializers import Serializer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReplyStream", "Credit", "send_patiently", "live_streams", "MAX_PREFETCH", "is_stream", "is_stream_handler", "open_stream", "produce", "DEFAULT_PREFETCH", "check_prefetch"]
+__all__ = ["ReplyStream", "Credit", "send_patiently", "live_streams", "MAX_PREFETCH", "is_stream", "streamed_answer", "is_stream_handler", "open_stream", "produce", "DEFAULT_PREFETCH", "check_prefetch"]
 
 _T = TypeVar("_T")
 DEFAULT_PREFETCH = 16
 _END = object()  # the stream ended normally
+_STREAMING_CODE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
 
 
 def is_stream_handler(handler: Callable[..., Any]) -> bool:
     """A handler that streams: a generator function or an async generator function (or an
-    object whose ``__call__`` is one)."""
+    object whose ``__call__`` is one). Asked for every call a window serves: a plain function's
+    (or method's) code flags answer at once, and only other callables go through ``inspect``."""
+    code = getattr(handler, "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & _STREAMING_CODE)
     for fn in (handler, getattr(type(handler), "__call__", None)):
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             return True
@@ -70,6 +75,15 @@ def _wake(waiter: concurrent.futures.Future[None] | None) -> None:
 def is_stream(result: Any) -> bool:
     """What a streaming handler returns: a generator or an async generator."""
     return isinstance(result, (types.GeneratorType, types.AsyncGeneratorType))
+
+
+def streamed_answer(result: Any, stream_call: str) -> TypeError | None:
+    """A one-shot call's answer that is a stream (a handler that streams, found out only by calling
+    it): closed, and the error that tells the caller to use ``stream_call``; else None."""
+    if not is_stream(result):
+        return None
+    getattr(result, "close", lambda: None)()
+    return TypeError(f"the handler answered with a stream: call {stream_call}")
 
 
 MAX_PREFETCH = 500  # below ZeroMQ's queue of 1000 messages a connection: credit, not the queue, holds a producer
@@ -151,10 +165,6 @@ class ReplyStream(Generic[_T]):
             self._end = _END if error is None else error
             waiter, self._waiter = self._waiter, None
         _wake(waiter)
-
-    @property
-    def ended(self) -> bool:
-        return self._end is not None
 
     # --- the consumer's side ----------------------------------------------------------
 

@@ -39,6 +39,7 @@ import hmac
 import json
 import os
 import struct
+import traceback
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Sequence, overload
@@ -80,6 +81,7 @@ __all__ = [
     "is_denial",
     "error_body",
     "error_from_body",
+    "handler_error",
     "BROADCAST_PREFIX",
     "CONTROL_PREFIX",
     "HEARTBEAT_TOPIC",
@@ -545,6 +547,12 @@ def error_body(exc: BaseException, origin: str, traceback_text: str = "", *, fro
     else:
         body.update(code="remote", type=_type_name(exc), traceback=traceback_text)
     return body
+
+
+def handler_error(exc: BaseException, origin: str) -> list[bytes]:
+    """The payload of an ERROR (or of a failed stream's END) for what a user's handler raised:
+    its caller gets a ``RemoteError`` with the handler's traceback."""
+    return [encode_body(error_body(exc, origin, "".join(traceback.format_exception(exc)), from_handler=True))]
 
 
 def _type_name(exc: BaseException) -> str:
