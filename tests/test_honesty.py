@@ -148,7 +148,7 @@ def test_a_main_whose_io_thread_fails_is_closed_not_half_alive(main, zprokit_win
         with pytest.raises(Closed, match="injected"):
             call()
     assert sum(r.levelno == logging.CRITICAL for r in caplog.records) == 1, "logged once"
-    assert wait_until(lambda: not main._loop._thread.is_alive(), 5)
+    assert wait_until(lambda: main._loop.ended, 5)
 
 
 def test_a_window_whose_io_thread_fails_is_closed_not_half_alive(main, zprokit_window):

@@ -41,6 +41,9 @@ class Dispatcher:
         self._idle = 0  # threads not running a job (started, or waiting for one)
         self._queued = 0  # jobs put in the queue and not yet taken by a thread
         self._lock = threading.Lock()
+        # Jobs running on the pool plus handlers run off it (try_hold): never more than workers.
+        self._busy = 0
+        self._slot_free = threading.Condition(self._lock)
         self._lanes: dict[Any, collections.deque[Callable[[], None]]] = {}
         self._closed = False
         self._aloop: asyncio.AbstractEventLoop | None = None
@@ -69,6 +72,25 @@ class Dispatcher:
                 self._idle += 1
                 t.start()
         self._queue.put(fn)
+
+    def try_hold(self) -> bool:
+        """Take one of the ``workers`` slots for a handler run off the pool (on the thread that
+        read its request: see ``_handoff``), so that no more than ``workers`` handlers run at
+        once either way. False when none is free. ``run_held`` gives it back."""
+        with self._lock:
+            if self._busy >= self._max or self._closed:
+                return False
+            self._busy += 1
+            return True
+
+    def run_held(self, run: Callable[..., Any], handler: Callable[..., Any], *args: Any) -> Any:
+        """``run(handler, *args)`` in a slot taken with ``try_hold``, given back after."""
+        try:
+            return run(handler, *args)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._slot_free.notify()
 
     def run_async(self, coro: Any, done: Callable[["concurrent.futures.Future[Any]"], None]) -> Callable[[], bool]:
         """Run coroutine ``coro`` on this dispatcher's asyncio loop; ``done(future)`` when it ends.
@@ -109,9 +131,14 @@ class Dispatcher:
             with self._lock:
                 self._idle -= 1
                 self._queued -= 1
+                while self._busy >= self._max:  # handlers run off the pool hold the slots
+                    self._slot_free.wait()
+                self._busy += 1
             _call(fn)
             with self._lock:
                 self._idle += 1
+                self._busy -= 1
+                self._slot_free.notify()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the workers, letting queued calls finish; wait at most ``timeout`` s in all."""
@@ -159,6 +186,7 @@ def call_handler(
     handler: Callable[..., Any],
     args: tuple[Any, ...],
     done: Callable[[Any, BaseException | None], None],
+    run: Callable[..., Any] | None = None,
 ) -> Callable[[], bool] | None:
     """Call ``handler(*args)`` here (a worker or the I/O thread) and report through ``done``.
 
@@ -170,9 +198,13 @@ def call_handler(
     included, is reported through ``done``: the caller gets an answer and the
     thread that ran it (a worker, a lane, the I/O thread) lives on. So does
     an ``async def`` handler whose task or await is cancelled.
+
+    ``run(handler, *args)``, if given, calls the handler (``IOLoop.run_here``: on
+    the loop's thread, which another takes over if it runs long); ``done`` is
+    called after it returns, on the same thread.
     """
     try:
-        result = handler(*args)
+        result = handler(*args) if run is None else run(handler, *args)
     except BaseException as e:  # sys.exit() in a handler is the handler's error, not the node's end
         done(None, e)
         return None

@@ -1,7 +1,9 @@
 """What reaches a window's callbacks: calls, one-way messages and broadcasts, each bounded.
 
-Calls run side by side on the pool; one-way messages of one channel, and all
-broadcasts, run in order in a *lane*. Each kind has its backlog, at most
+A call runs on the thread that read it, which hands the loop to another
+thread if the callback takes long (``_handoff``), or on the pool when too
+many threads are held so; one-way messages of one channel, and all
+broadcasts, run in order in a *lane* on the pool. Each kind has its backlog, at most
 ``max_queued``: past it a call is answered ``QueueFull``, one-way messages
 are held back by the main (the window returns their credit with CREDIT as
 it handles them), and broadcasts stay unread in ZeroMQ's queue (the
@@ -24,6 +26,7 @@ from ._callbacks import Listeners
 from ._calls import ServedCall, deadline_of
 from ._streams import Credit, is_stream_handler, open_stream, produce, send_patiently, streamed_answer
 from ._dispatch import Dispatcher, call_handler
+from ._loop import IOLoop
 from ._ratelimit import RateLimitedLog
 from .errors import NoHandler, QueueFull
 from .events import Event
@@ -47,6 +50,7 @@ class Inbox:
         self,
         name: str,
         dispatch: Dispatcher,
+        loop: IOLoop,
         serializer: Serializer,
         session: WindowSession,
         *,
@@ -58,6 +62,8 @@ class Inbox:
     ) -> None:
         self._name = name
         self._dispatch = dispatch
+        self._loop = loop
+        self._run_here = functools.partial(dispatch.run_held, loop.run_here)
         self._serializer = serializer
         self._session = session
         self._max_queued = max_queued
@@ -120,6 +126,10 @@ class Inbox:
             return
         call = self.serving[(msg.session, msg.msg_id)] = ServedCall()
         event = dataclasses.replace(event, cancelled=call.token, deadline=deadline_of(msg.timeout_ms, time.time()))
+        if self._loop.may_run_here(callbacks[0]) and self._dispatch.try_hold():
+            # On this thread, which the loop passes to another if the callback takes long.
+            self._answer(call, callbacks[0], event, msg, self._run_here)
+            return
         with self.lock:
             self._request_backlog += 1
         self._dispatch.submit(functools.partial(self._answer_queued, call, callbacks[0], event, msg))
@@ -295,7 +305,8 @@ class Inbox:
 
         call_handler(self._dispatch, cb, (event, args), done)
 
-    def _answer(self, call: ServedCall, cb: Callable[..., Any], event: Event, msg: Message) -> None:
+    def _answer(self, call: ServedCall, cb: Callable[..., Any], event: Event, msg: Message,
+                run: Callable[..., Any] | None = None) -> None:
         msg_id, key = msg.msg_id, (msg.session, msg.msg_id)
         session = self._session
         asked_by, asked_as = msg.session, session.session  # the main that asked, and us then
@@ -327,7 +338,7 @@ class Inbox:
         except Exception as e:
             done(None, e)
             return
-        stop = call_handler(self._dispatch, cb, (event, args), done)
+        stop = call_handler(self._dispatch, cb, (event, args), done, run)
         if stop is not None:  # an async callback, running on: a CANCEL cancels its task
             call.stop = stop
             if call.cancelled:  # the CANCEL came while it started

@@ -31,6 +31,7 @@ from typing import Any, Callable, cast
 
 import zmq
 
+from ._handoff import Leadership, about_to_block
 from .errors import Closed
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,17 @@ class SharedSocket:
         self.reader_waker.wake()  # a caller reading it stops
 
 
+class _Batch:
+    """Messages drained from a shared socket (whose ``rx`` is held), handled up to ``next``."""
+
+    __slots__ = ("shared", "batch", "on_message", "on_batch_end", "next")
+
+    def __init__(self, shared: SharedSocket, batch: list[list[Any]], on_message: Callable[[list[Any]], None],
+                 on_batch_end: Callable[[], None] | None) -> None:
+        self.shared, self.batch, self.on_message, self.on_batch_end = shared, batch, on_message, on_batch_end
+        self.next = 0
+
+
 class IOLoop:
     """A thread that polls sockets, runs queued calls and fires timers."""
 
@@ -256,7 +268,13 @@ class IOLoop:
         self._woken = False
         self._more = False  # a shared socket had a full batch: poll without waiting
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # The thread that runs the loop now: the first one, or one that took over from it while
+        # a handler it ran took long (see _handoff). _work is the batch being handled, which a
+        # thread that takes over finishes.
+        self.leadership = Leadership(name, self._run)
+        self._work: _Batch | None = None
+        self._started = False
+        self._ended = threading.Event()
         self._on_stop: Callable[[], None] | None = None
         self._on_fail: Callable[[BaseException], None] | None = None
 
@@ -324,17 +342,35 @@ class IOLoop:
         (anything escapes the loop), ``on_fail(exc)`` runs on it first, to close the node."""
         self._on_stop = on_stop
         self._on_fail = on_fail
-        self._thread.start()
+        self._started = True
+        self.leadership.start()
 
     # --- from any thread --------------------------------------------------------------
 
     @property
     def in_loop(self) -> bool:
-        return threading.current_thread() is self._thread
+        """The calling thread runs the loop (and is not in a handler it runs: see ``_handoff``)."""
+        return self.leadership.in_loop
+
+    @property
+    def ended(self) -> bool:
+        """The loop has run its last turn and closed its sockets."""
+        return self._ended.is_set()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
+        return self._started and not self._ended.is_set() and not self._stopping
+
+    def may_run_here(self, handler: Any) -> bool:
+        """``handler`` may run on the calling thread (``run_here``): it leads, handling a batch of
+        messages (where a takeover can go on from the next one), and the handler has not
+        taken long lately."""
+        return self._work is not None and self.leadership.in_loop and self.leadership.quick(handler)
+
+    def run_here(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run handler ``fn(*args)`` here, on the loop's thread; if it takes long, another thread
+        takes the loop over meanwhile (see ``_handoff``)."""
+        return self.leadership.run_here(fn, *args)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread, in order with other calls."""
@@ -360,26 +396,38 @@ class IOLoop:
         def _stop() -> None:
             self._stopping = True
 
-        if self._thread.is_alive():
-            self.call_soon(_stop)
-            if not self.in_loop:
-                self._thread.join(timeout)
-                if self._thread.is_alive():
-                    log.warning("%s: I/O thread did not stop within %.1f s", self.name, timeout)
-                    return False
-        elif self._thread.ident is None:  # never started: the owner closes its sockets
+        about_to_block()  # a handler that closes its own node: the loop goes on elsewhere
+
+        if not self._started:  # never started: the owner closes its sockets
+            self._started = True
+            self._ended.set()
             if self._on_stop is not None:
                 self._on_stop()
             self._waker.close()
             self._poller.close()
-        return not self._thread.is_alive()
+        elif not self._ended.is_set():
+            self.call_soon(_stop)
+            if not self.in_loop:
+                if not self._ended.wait(timeout):
+                    log.warning("%s: I/O thread did not stop within %.1f s", self.name, timeout)
+                    return False
+        return self._ended.is_set()
 
     # --- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The loop, on whichever thread leads: the first, or one that took over (which first
+        finishes the batch the last leader was in). Returns when this thread loses the lead."""
+        me = threading.current_thread()
         try:
+            if self._work is not None:  # we took over: what the last leader left, in order
+                self._recheck.update(self._handlers)  # it may have consumed their signals
+                self._more = True
+                if not self._finish_batch(me):
+                    return
             while not self._stopping:
-                self._run_once()
+                if not self._run_once(me):
+                    return  # a handler we ran took long: another thread leads now
         except BaseException as e:  # a bug in zprokit (user code never runs bare here): no half-alive node
             self._stopping = True
             log.critical("%s: the I/O thread failed; its node is closed", self.name, exc_info=e)
@@ -388,18 +436,20 @@ class IOLoop:
                     self._on_fail(e)
                 except BaseException:
                     log.exception("%s: error while failing the node", self.name)
+        self._stopping = True
+        self.leadership.stop()
+        try:
+            if self._on_stop is not None:
+                self._on_stop()
+        except Exception:
+            log.exception("%s: error while closing sockets", self.name)
         finally:
-            self._stopping = True
-            try:
-                if self._on_stop is not None:
-                    self._on_stop()
-            except Exception:
-                log.exception("%s: error while closing sockets", self.name)
-            finally:
-                self._waker.close()
-                self._poller.close()
+            self._waker.close()
+            self._poller.close()
+            self._ended.set()
 
-    def _run_once(self) -> None:
+    def _run_once(self, me: threading.Thread) -> bool:
+        """One turn: calls, sockets, timers. False if this thread lost the lead meanwhile."""
         timeout = -1.0
         self._wait_until = math.inf
         if self._calls or self._more:
@@ -431,22 +481,49 @@ class IOLoop:
             try:
                 self._run_calls()  # what the last reader handed over comes before what follows it
                 batch = shared.drain()
-                self._more |= len(batch) == shared.BATCH
-                for frames in batch:
-                    try:
-                        on_message(frames)
-                    except Exception:
-                        log.exception("%s: error handling a message", self.name)
-                if on_batch_end is not None:
-                    self._guarded(on_batch_end)
-            finally:
+            except BaseException:
                 shared.rx.release()
+                raise
+            self._more |= len(batch) == shared.BATCH
+            self._work = _Batch(shared, batch, on_message, on_batch_end)
+            if not self._finish_batch(me):
+                return False
         if self._timers:
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 with self._timers_lock:
                     _, _, fn = heapq.heappop(self._timers)
                 self._guarded(fn)
+        return True
+
+    def _finish_batch(self, me: threading.Thread) -> bool:
+        """Handle the rest of the batch in hand, then end it and release its socket's ``rx``.
+        False if this thread lost the lead in a handler: the new leader goes on from the next
+        message (and this thread touches the batch no more)."""
+        work = self._work
+        assert work is not None
+        leadership = self.leadership
+        try:
+            batch, on_message = work.batch, work.on_message
+            while work.next < len(batch):
+                frames = batch[work.next]
+                work.next += 1
+                try:
+                    on_message(frames)
+                except Exception:
+                    log.exception("%s: error handling a message", self.name)
+                if leadership.leader is not me:
+                    return False
+            self._work = None
+            if work.on_batch_end is not None:
+                self._guarded(work.on_batch_end)
+        except BaseException:
+            if leadership.leader is me:
+                self._work = None
+                work.shared.rx.release()
+            raise
+        work.shared.rx.release()
+        return True
 
     def _run_calls(self) -> None:
         calls = self._calls

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Callable, Generator, TypeVar
 
+from ._handoff import about_to_block
 from .errors import Timeout
 
 __all__ = ["ReplyFuture", "PendingRequests", "fail"]
@@ -60,9 +61,11 @@ class ReplyFuture(concurrent.futures.Future[_T]):
     def result(self, timeout: float | None = None) -> _T:
         """The answer, waiting at most ``timeout`` s (``None`` or ``inf``: as long as the request lives)."""
         wait = _wait(timeout)
-        reader = self._reader
-        if reader is not None and not self.done():
-            wait = _wait(reader(self, wait))
+        if not self.done():
+            about_to_block()  # a handler on its loop's thread waits: the loop goes on elsewhere
+            reader = self._reader
+            if reader is not None:
+                wait = _wait(reader(self, wait))
         try:
             return super().result(wait)
         except concurrent.futures.TimeoutError:
@@ -79,6 +82,8 @@ class ReplyFuture(concurrent.futures.Future[_T]):
         return True
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            about_to_block()
         try:
             return super().exception(_wait(timeout))
         except concurrent.futures.TimeoutError:

@@ -90,7 +90,7 @@ class Router:
         self._sweep_due = False
         self.closing = False  # set by Main.close(): liveness stops dropping windows (and telling listeners)
         self.batching = False  # the loop is working through a batch of messages (see Server._answerer)
-        self.server = Server(self, dispatch, serializer, handlers, max_queued)
+        self.server = Server(self, loop, dispatch, serializer, handlers, max_queued)
         self.balancer = Balancer(session)  # before the relay, which picks group members with it
         self.relay = Relay(self)
         # The main's own streams from windows (main_stream_from_render), by msg_id; weak: a stream

@@ -1,8 +1,11 @@
 """Requests to the main's own handlers: run each, answer it, and never let a burst pile up.
 
-A handler runs on the pool (the default) or, with ``inline=True``, on the
-I/O thread. At most ``max_queued`` calls wait for the pool; past that a call
-is answered at once with ``QueueFull``. A call whose caller gave up while it
+By default a handler runs on the thread that read its request, which hands
+the loop to another thread if the handler takes long (``_handoff``); when
+too many threads are held by such handlers, on the pool. With
+``inline=True`` it runs on the I/O thread, always. At most ``max_queued``
+calls wait for the pool; past that a call is answered at once with
+``QueueFull``. A call whose caller gave up while it
 waited (CANCEL) never starts. An answer goes only to the incarnation of the
 window that asked.
 """
@@ -18,6 +21,7 @@ from . import protocol
 from ._calls import ServedCall, deadline_of
 from ._streams import Credit, open_stream, produce, send_patiently, streamed_answer
 from ._dispatch import Dispatcher, call_handler
+from ._loop import IOLoop
 from .errors import MessageTooLarge, NoHandler, QueueFull
 from .events import Event
 from .protocol import Kind, Message
@@ -36,12 +40,15 @@ class Server:
     def __init__(
         self,
         router: Router,
+        loop: IOLoop,
         dispatch: Dispatcher,
         serializer: Serializer,
         handlers: Mapping[str, tuple[Callable[..., Any], bool, bool]],
         max_queued: int,
     ) -> None:
         self._router = router
+        self._loop = loop
+        self._run_here = functools.partial(dispatch.run_held, loop.run_here)
         self._session = router.session
         self._dispatch = dispatch
         self._serializer = serializer
@@ -73,6 +80,12 @@ class Server:
         if inline:
             self._session.serving[key] = call  # an async inline handler runs on: it can be cancelled
             self._run(call, key, peer, handler, msg)
+            return
+        if self._loop.may_run_here(handler) and self._dispatch.try_hold():
+            # The common case: on this thread, which the loop passes to another if it takes
+            # long (see _handoff); no thread handoff there and back.
+            self._session.serving[key] = call
+            self._run(call, key, peer, handler, msg, self._run_here)
             return
         # Bounded by what waits in the pool, cancelled calls included (they leave when a
         # thread takes them): the caller is told, nothing piles up.
@@ -158,7 +171,7 @@ class Server:
         self._run(call, key, peer, handler, msg)
 
     def _run(self, call: ServedCall, key: tuple[bytes, int], peer: Peer, handler: Callable[..., Any],
-             msg: Message) -> None:
+             msg: Message, run: Callable[..., Any] | None = None) -> None:
         call.started = True
         done = self._answerer(call, key, peer, msg.msg_id)
         try:
@@ -168,7 +181,7 @@ class Server:
             return
         event = Event(peer.name, msg.channel, "request", None, MAIN_NAME, False, call.token,
                       deadline_of(msg.timeout_ms, time.time()))
-        stop = call_handler(self._dispatch, handler, (event, args), done)
+        stop = call_handler(self._dispatch, handler, (event, args), done, run)
         if stop is not None:  # an async handler, running on: a CANCEL cancels its task
             call.stop = stop
             if call.cancelled:  # the CANCEL came while it started

@@ -188,7 +188,7 @@ class Window:
         self._dispatch = Dispatcher(f"zprokit-{name}", workers)
         self._loop = IOLoop(f"zprokit-{name}-io")
         self._pending = PendingRequests(self._loop, lambda msg_id, target: self._calls.on_expired(msg_id, target))
-        self._inbox = Inbox(name, self._dispatch, self.serializer, self._session, max_queued=self.max_queued,
+        self._inbox = Inbox(name, self._dispatch, self._loop, self.serializer, self._session, max_queued=self.max_queued,
                             stats=self._stats, from_main=self._from_main, from_render=self._from_render,
                             broadcasts=self._broadcast)
         self._link = Link(self, self._ctx, self._loop, protocol.Signer(self.key), self._session, self._inbox,

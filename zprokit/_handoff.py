@@ -1,0 +1,174 @@
+"""Leader/followers: a handler runs on the thread that read its request, and if it runs long,
+another thread takes the I/O loop over.
+
+Handing each request to a pool thread costs a thread switch under the GIL
+(tens of microseconds on 2 cores, there and again for the answer) and most
+handlers return in microseconds. So the loop's thread, the *leader*, runs a
+handler itself (``run_here``). A *watcher* thread looks at it every
+``HANDOFF`` seconds; if it sees the same handler running twice, the handler
+blocks or computes, and the watcher becomes the leader: it finishes the
+batch of messages the old leader was in (in order) and runs the loop from
+there. The old leader, when its handler returns, answers as a pool thread
+would and ends. A zprokit call that is about to wait (a future's
+``result()`` in a handler) hands the loop over at once (``about_to_block``).
+
+A handler that lost the lead runs on the pool for the next ``SLOW_FOR``
+seconds (a burst of calls to a handler that blocks costs one takeover, not
+one each), then is tried here again.
+
+A handler run so takes one of the pool's ``workers`` slots (see
+``Dispatcher.try_hold``), so at most ``workers`` handlers run at once, on
+the pool or not; when none is free, handlers wait in the pool's queue.
+The watcher sleeps while the node is idle, so an idle node costs no wake-ups;
+the first handler of a burst wakes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+__all__ = ["HANDOFF", "Leadership", "about_to_block"]
+
+_T = TypeVar("_T")
+
+HANDOFF = 0.005  # seconds between the watcher's looks: a handler running past two looks loses the lead
+SLOW_FOR = 1.0  # seconds a handler that lost the lead runs on the pool before it is tried here again
+_IDLE_LOOKS = 40  # looks that saw no handler before the watcher sleeps until one starts (0.2 s)
+_here = threading.local()  # .lead: the Leadership whose handler this thread runs now
+
+
+class Leadership:
+    """Which thread runs a loop now (``leader``), and its watcher. ``lead()`` is the loop's body: it
+    runs on the first leader and on each thread that takes over, and returns when that thread is
+    no longer the leader (see ``is_leader``) or the loop ends."""
+
+    def __init__(self, name: str, lead: Callable[[], None]) -> None:
+        self.name = name
+        self._lead = lead
+        self._lock = threading.Lock()  # guards leader and _running together
+        self.leader: threading.Thread | None = None
+        self._running = 0  # the number of the handler the leader runs now; 0: none
+        self._count = 0  # handlers run on a leader so far (their numbers)
+        self._fn: Any = None  # the handler the leader runs now
+        self._slow: dict[int, float] = {}  # id(handler) -> until when it runs on the pool (it took long)
+        self._watcher: threading.Thread | None = None
+        self._asleep = False  # the watcher waits for a handler to start (no timed looks)
+        self._wake = threading.Event()
+        self._urgent = 0  # a handler about to wait: take over from it at once
+        self._stopping = False
+        self.takeovers = 0
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._lead, name=self.name, daemon=True)
+        self.leader = thread
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """No more takeovers; the watcher ends."""
+        self._stopping = True
+        self._wake.set()
+
+    def is_leader(self, thread: threading.Thread) -> bool:
+        return self.leader is thread
+
+    @property
+    def in_loop(self) -> bool:
+        """The calling thread leads, outside a handler run by ``run_here`` (in one, it is like a
+        pool thread: the lead may pass to another thread at any moment)."""
+        return self.leader is threading.current_thread() and not self._running
+
+    def quick(self, fn: Any) -> bool:
+        """``fn`` has not lost the lead in the last ``SLOW_FOR`` s (else: run it on the pool)."""
+        if not self._slow:
+            return True
+        until = self._slow.get(id(fn))
+        if until is None:
+            return True
+        if time.monotonic() < until:
+            return False
+        self._slow.pop(id(fn), None)
+        return True
+
+    def run_here(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run handler ``fn(*args)`` on the leader (the calling thread). If another thread took
+        the lead meanwhile, this one no longer leads when it returns."""
+        self._count += 1
+        self._fn = fn
+        self._running = self._count
+        if self._asleep:  # written after _running: see _watch
+            self._asleep = False
+            self._wake.set()
+        if self._watcher is None:
+            self._start_watcher()
+        _here.lead = self
+        try:
+            return fn(*args)
+        finally:
+            _here.lead = None
+            with self._lock:
+                if self.leader is threading.current_thread():
+                    self._running = 0
+                    self._urgent = 0
+
+    def _about_to_block(self) -> None:
+        running = self._running
+        if running and self.leader is threading.current_thread():
+            self._urgent = running
+            self._wake.set()
+
+    # --- the watcher ---------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if self._stopping:
+            return
+        self._watcher = threading.Thread(target=self._watch, name=f"zprokit-watcher-of-{self.name}", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        seen = idle = 0
+        wake = self._wake
+        while not self._stopping:
+            if idle >= _IDLE_LOOKS:
+                # Sleep until a handler starts. Dekker's order: we write _asleep then read _running,
+                # run_here writes _running then reads _asleep; one of us sees the other's write.
+                self._asleep = True
+                if not self._running:
+                    wake.wait()
+                self._asleep = False
+                idle = 0
+            if wake.wait(HANDOFF):
+                wake.clear()
+            running = self._running
+            if running and (running == seen or running == self._urgent) and self._take_over(running):
+                return  # this thread led until it lost the lead in turn, or the loop ended
+            seen = running
+            idle = 0 if running else idle + 1
+
+    def _take_over(self, running: int) -> bool:
+        with self._lock:
+            if self._running != running or self._stopping:
+                return False  # that handler returned meanwhile
+            old = self.leader
+            self.leader = me = threading.current_thread()
+            self._running = self._urgent = 0
+            self.takeovers += 1
+            if len(self._slow) > 1000:  # handlers made on the fly: forget the oldest marks
+                self._slow.clear()
+            self._slow[id(self._fn)] = time.monotonic() + SLOW_FOR
+        me.name = self.name
+        if old is not None:  # it only finishes its handler now, as a pool thread would
+            old.name = f"zprokit-handler-from-{self.name}"
+        self._start_watcher()  # a new watcher for the new leader
+        self._lead()
+        return True
+
+
+def about_to_block() -> None:
+    """Called by zprokit before it waits (a future's ``result()``): if this thread is a leader
+    running a handler, let the watcher take the loop over now, not after ``HANDOFF``."""
+    lead: Leadership | None = getattr(_here, "lead", None)
+    if lead is not None:
+        lead._about_to_block()
