@@ -33,6 +33,7 @@ class _MainStatsAlways(TypedDict):
     pending_routes: int  # window -> window requests being carried
     requests_queued: int  # windows' requests waiting for the handler pool
     requests_running: int  # windows' requests whose handler runs (async ones included)
+    handoffs: int  # handlers that ran long on the I/O thread, which then passed to another thread
     rejected: dict[str, int]
 
 
@@ -56,6 +57,7 @@ class _WindowStatsAlways(TypedDict):
     pending_requests: int  # calls awaiting an answer
     requests_queued: int  # calls to this window waiting for the callback pool
     requests_running: int  # calls to this window whose callback runs
+    handoffs: int  # callbacks that ran long on the I/O thread, which then passed to another thread
     rejected: dict[str, int]
 
 

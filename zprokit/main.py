@@ -443,6 +443,7 @@ class Main:
         stats["pending_requests"] = len(self._pending)  # main_call_render calls awaiting an answer
         stats["pending_routes"] = len(self._session.routes)  # window -> window requests being carried
         stats["requests_queued"], stats["requests_running"] = self._router.server.calls()  # windows' calls
+        stats["handoffs"] = self._loop.leadership.takeovers
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **self._router.rejected}
         return cast(MainStats, stats)
 

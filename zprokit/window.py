@@ -373,6 +373,7 @@ class Window:
         rejected.update(dict(sub.rejected))
         stats["pending_requests"] = len(self._pending)  # calls awaiting an answer
         stats["requests_queued"], stats["requests_running"] = self._inbox.calls()  # calls to us
+        stats["handoffs"] = self._loop.leadership.takeovers
         stats["messages_queued"] = self._inbox.oneway_backlog  # one-way messages waiting for callbacks
         stats["broadcasts_queued"] = self._inbox.broadcast_backlog  # broadcasts waiting for callbacks
         stats["rejected"] = {**dict.fromkeys(REJECTION_REASONS, 0), **rejected}
