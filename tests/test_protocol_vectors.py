@@ -34,12 +34,16 @@ INPUTS = {
     "end-error": (dict(zip(HEADER, (Kind.END, 12, 3, B, A, "", "w", ""))),
                   [b'{"code":"remote","origin":"main","message":"boom","type":"ValueError","traceback":""}'], None),
     "cancel": (dict(zip(HEADER, (Kind.CANCEL, 12, 8, A, B, "w", "", ""))), [], None),
+    "batch": (dict(zip(HEADER, (Kind.BATCH, 0, 4, B, A, "", "w", ""))), [bytes.fromhex(
+        "0c0007000000000000000000000000000100000000000000000000003"  # REPLY 7: "6"
+        "60c00080000000000000000000000000001000000000000000000000037")], None),  # REPLY 8: "7"
 }
 # The header fields past the strings, where a vector states them (the others are 0).
 EXTRA = {
     "group-request": {"timeout_ms": 5000, "count": 2, "flags": protocol.FLAG_GROUP},
     "stream": {"timeout_ms": 30000, "count": 16},
     "more": {"count": 8},
+    "batch": {"count": 2},
 }
 ZEROS = {"timeout_ms": 0, "count": 0, "flags": 0}
 
@@ -72,3 +76,27 @@ def test_a_vector_is_what_pack_makes_and_unpack_accepts(name):
     assert [bytes(p) for p in msg.payload] == payload
     with pytest.raises(Rejected, match="bad_signature"):
         unpack(Signer(b"another key entirely, 32 bytes."), frames, topic=wire_topic)
+
+
+def test_the_batch_vector_carries_two_replies_as_batch_item_makes_them():
+    header, payload, _ = INPUTS["batch"]
+    assert payload == [protocol.batch_item(Kind.REPLY, 7, b"6") + protocol.batch_item(Kind.REPLY, 8, b"7")]
+    msg = unpack(Signer(KEY), vectors()["batch"])
+    inner = protocol.unbatch(msg)
+    assert [(m.kind, m.msg_id, bytes(m.payload[0]), m.seq, m.session, m.peer_session) for m in inner] == [
+        (Kind.REPLY, 7, b"6", 4, B, A), (Kind.REPLY, 8, b"7", 4, B, A)]
+
+
+@pytest.mark.parametrize("records, count, why", [
+    (protocol.batch_item(Kind.REPLY, 7, b"6")[:-1], 1, "runs past"),  # cut short
+    (protocol.batch_item(Kind.REPLY, 7, b"6"), 2, "carries 1"),  # count does not match
+    (protocol.batch_item(Kind.HELLO, 7, b"{}"), 1, "HELLO in a batch"),  # not a batchable kind
+    (protocol.batch_item(Kind.BATCH, 0, b""), 1, "BATCH in a batch"),  # no nesting
+    (protocol.batch_item(99, 7, b"6"), 1, "bad batch record"),  # no such kind
+    (b"\x0c\x00", 1, "bad batch record"),  # shorter than a record's header
+])
+def test_a_batch_that_does_not_add_up_is_dropped_whole(records, count, why):
+    signer = Signer(KEY)
+    frames = pack(signer, Kind.BATCH, 0, 4, B, A, "", "w", "", [records], count=count)
+    with pytest.raises(Rejected, match=why):
+        protocol.unbatch(unpack(signer, frames))

@@ -223,6 +223,9 @@ class Link:
         except Rejected as e:
             self.reject(e, "a message")
             return
+        if msg.kind == Kind.BATCH:
+            self._on_batch(msg, on_loop)
+            return
         handler = self._HANDLERS.get(msg.kind)
         if handler is None:
             self.reject(Rejected("malformed", f"unexpected {msg.kind.name}"), "a message")
@@ -230,6 +233,23 @@ class Link:
             handler(self, msg)
         else:
             self._loop.call_soon(functools.partial(handler, self, msg))
+
+    def _on_batch(self, batch: Message, on_loop: bool) -> None:
+        """A BATCH: its messages, in order, each as if it had come alone (admitted with it)."""
+        try:
+            messages = protocol.unbatch(batch)
+        except Rejected as e:
+            self.reject(e, "a batch")
+            return
+        self._stats["messages_in"] += len(messages) - 1
+        handlers, loop = self._HANDLERS, self._loop
+        with loop.unbatching():  # nothing in it runs on the loop's thread: see IOLoop.unbatching
+            for msg in messages:
+                handler = handlers[msg.kind]
+                if on_loop or handler is _ON_ANSWER:
+                    handler(self, msg)
+                else:
+                    loop.call_soon(functools.partial(handler, self, msg))
 
     def _on_loop(self, on_loop: bool, fn: Callable[..., None], *args: Any) -> None:
         if on_loop:

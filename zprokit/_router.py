@@ -19,7 +19,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -138,6 +138,13 @@ class Router:
                 self._send_signed(ident, Kind.ERROR, msg.msg_id, msg.session, "", msg.source,
                                   [protocol.encode_body({**protocol.error_body(PeerLost(e.tell), MAIN_NAME),
                                                          **({"rejoin": True} if e.rejoin else {})})])
+            return
+        if kind == Kind.BATCH:  # what the window had ready together: each as if it came alone
+            messages = protocol.unbatch(msg)
+            self.stats["messages_in"] += len(messages) - 1
+            with self._loop.unbatching():  # none runs on this thread: see IOLoop.unbatching
+                for inner in messages:
+                    self._HANDLERS[inner.kind](self, peer, inner)
             return
         handler = self._HANDLERS.get(kind)
         if handler is None:
@@ -458,22 +465,33 @@ class Router:
             return sent
 
     def send_replies(self, replies: list[tuple[Peer, int, Any]]) -> None:
-        """Send handlers' one-part replies in one run under the ROUTER's lock: the run wakes
-        libzmq's I/O thread once. One that fails takes the general path, which reports it."""
-        failed = []
-        sock = self.sock
+        """Send handlers' one-part replies under the ROUTER's lock: those to one window in one
+        BATCH (one frame, one MAC, one send), and all in one run (which wakes libzmq's I/O thread
+        once). One that fails takes the general path, which reports it."""
+        failed: list[tuple[Peer, int, Any]] = []
+        runs: dict[int, tuple[Peer, list[tuple[int, Any]]]] = {}
+        for peer, msg_id, data in replies:  # by window, in order
+            runs.setdefault(id(peer), (peer, []))[1].append((msg_id, data))
+        sock, session, signer = self.sock, self.session, self._signer
         with sock.lock:
-            for peer, msg_id, data in replies:
-                frames = protocol.pack(self._signer, Kind.REPLY, msg_id, self.session.next_seq(), self.session.session,
-                                       peer.session, "", peer.name, "", (data,))
-                self.stats["requests_served"] += 1  # before it leaves: see _send_signed
-                try:
-                    sock.send_locked([peer.ident, *frames], check=False)
-                except (zmq.ZMQError, Closed):
-                    self.stats["requests_served"] -= 1
-                    failed.append((peer, msg_id, data))
-                else:
-                    self.stats["messages_out"] += 1
+            for peer, run in runs.values():
+                for part in _batches(run, peer.max_size):
+                    if len(part) == 1:
+                        msg_id, data = part[0]
+                        frames = protocol.pack(signer, Kind.REPLY, msg_id, session.next_seq(), session.session,
+                                               peer.session, "", peer.name, "", (data,))
+                    else:
+                        records = b"".join([protocol.batch_item(Kind.REPLY, msg_id, data) for msg_id, data in part])
+                        frames = protocol.pack(signer, Kind.BATCH, 0, session.next_seq(), session.session,
+                                               peer.session, "", peer.name, "", (records,), count=len(part))
+                    self.stats["requests_served"] += len(part)  # before it leaves: see _send_signed
+                    try:
+                        sock.send_locked([peer.ident, *frames], check=False)
+                    except (zmq.ZMQError, Closed):
+                        self.stats["requests_served"] -= len(part)
+                        failed.extend((peer, msg_id, data) for msg_id, data in part)
+                    else:
+                        self.stats["messages_out"] += len(part)
             if replies and not sock.closed:
                 sock.check_input_locked()
         for peer, msg_id, data in failed:
@@ -505,6 +523,28 @@ class Router:
             raise Closed(f"the main's ROUTER failed: {e}") from e
         self.stats["messages_out"] += 1
         return True
+
+
+def _batches(run: list[tuple[int, Any]], max_size: int | None) -> Iterator[list[tuple[int, Any]]]:
+    """``run`` (``(msg_id, data)`` replies to one window) cut into BATCHes that fit in one frame
+    and in what the window reads (``max_size``); a reply alone in its part goes as a REPLY."""
+    limit = protocol.BATCH_MAX if max_size is None else min(protocol.BATCH_MAX, max_size - _BATCH_OVERHEAD)
+    part: list[tuple[int, Any]] = []
+    size = 0
+    for item in run:
+        data = item[1]
+        n = _RECORD + (len(data) if type(data) is bytes else memoryview(data).nbytes)
+        if part and size + n > limit:
+            yield part
+            part, size = [], 0
+        part.append(item)
+        size += n
+    if part:
+        yield part
+
+
+_RECORD = protocol.batch_item(Kind.REPLY, 0, b"").__len__()  # a reply's record, but its data
+_BATCH_OVERHEAD = 512 + protocol.MAX_NAME_BYTES  # VERSION, header, target name, MAC: with room to spare
 
 
 class _PeerAddress:

@@ -88,7 +88,7 @@ __all__ = [
     "wire_size",
 ]
 
-VERSION = b"ZPK5/blake3keyed"  # ZPK5: the header carries timeout_ms and count; streams, group calls (ZPK4: CANCEL ...)
+VERSION = b"ZPK6/blake3keyed"  # ZPK6: BATCH. ZPK5: the header carries timeout_ms and count; streams, group calls (ZPK4: CANCEL ...)
 # The MAC key is derived from the shared key (any length) with BLAKE3's key derivation.
 _MAC_KEY_CONTEXT = "zprokit 2026-11-24 message authentication, protocol ZPK3"
 SESSION_SIZE = 16
@@ -140,6 +140,7 @@ class Kind(enum.IntEnum):
     ITEM = 29  # one item of stream ``msg_id``
     END = 30  # stream ``msg_id`` is over: no payload, or an error body (JSON) as ERROR has
     MORE = 31  # the consumer of stream ``msg_id`` took ``count`` more items: send that many more
+    BATCH = 32  # ``count`` messages in one (see ``batch_item``): one frame, one MAC, one number
 
 
 _KINDS.update((int(k), k) for k in Kind)
@@ -412,6 +413,64 @@ def pack(
     if topic is not None:
         return [topic, head, *rest]
     return [head, *rest]
+
+
+# A message inside a BATCH: kind, flags, msg_id, the lengths of source, target, channel and
+# payload, timeout_ms, count; then source, target, channel and the payload (one part).
+_ITEM = struct.Struct("<BBQHHHIII")
+# What may travel in a BATCH: answers, and what is routed or asked in runs. Never a handshake,
+# control or stream message, and never a BATCH.
+BATCHABLE = frozenset({Kind.REQUEST, Kind.MESSAGE, Kind.REPLY, Kind.ERROR, Kind.ACK})
+BATCH_MAX = INLINE_MAX  # the records of a BATCH, in bytes: its payload rides in its head frame
+
+
+def batch_item(kind: int, msg_id: int, data: Any, source: str = "", target: str = "", channel: str = "", *,
+               timeout_ms: int = 0, count: int = 0, flags: int = 0) -> bytes:
+    """One message's record for a BATCH: its header's fields and its payload ``data``, one
+    serialized part (bytes-like). A BATCH is ``pack(..., Kind.BATCH, payload=[b"".join(records)],
+    count=len(records))``: what is ready together leaves as one frame, with one MAC."""
+    src, tgt, chan = source.encode(), target.encode(), channel.encode()
+    size = len(data) if type(data) is bytes else memoryview(data).nbytes
+    if len(src) > _MAX_STR or len(tgt) > _MAX_STR or len(chan) > _MAX_STR:
+        raise ValueError("name, target or channel longer than 65535 bytes")
+    return b"".join((_ITEM.pack(kind, flags & ~FLAG_INLINE, msg_id, len(src), len(tgt), len(chan), size,
+                                timeout_ms, count), src, tgt, chan, data))
+
+
+def unbatch(batch: Message) -> list[Message]:
+    """The messages a verified BATCH carries, in order, each with the batch's number and
+    sessions (the batch was admitted once, for all of them). Raises ``Rejected("malformed")``
+    for a record that does not add up, a kind that may not travel in a batch, or a count
+    that does not match."""
+    if len(batch.payload) != 1:
+        raise Rejected("malformed", "a batch is one part")
+    data = memoryview(batch.payload[0])
+    size, pos, out = data.nbytes, 0, []
+    seq, session, peer = batch.seq, batch.session, batch.peer_session
+    try:
+        while pos < size:
+            kind, flags, msg_id, ls, lt, lc, n, timeout_ms, count = _ITEM.unpack_from(data, pos)
+            pos += _ITEM.size
+            end = pos + ls + lt + lc + n
+            if end > size:
+                raise Rejected("malformed", "a batch record runs past its end")
+            source = str(data[pos : pos + ls], "utf-8") if ls else ""
+            pos += ls
+            target = str(data[pos : pos + lt], "utf-8") if lt else ""
+            pos += lt
+            channel = str(data[pos : pos + lc], "utf-8") if lc else ""
+            pos += lc
+            item = _KINDS[kind]
+            if item not in BATCHABLE:
+                raise Rejected("malformed", f"{item.name} in a batch")
+            out.append(Message(item, msg_id, seq, session, peer, source, target, channel, (data[pos:end],),
+                               timeout_ms, count, flags))
+            pos = end
+    except (struct.error, KeyError, UnicodeDecodeError) as e:
+        raise Rejected("malformed", f"bad batch record: {e!r}") from e
+    if len(out) != batch.count:
+        raise Rejected("malformed", f"a batch of {batch.count} carries {len(out)}")
+    return out
 
 
 def unpack(signer: Signer, frames: Sequence[Any], *, max_size: int | None = None, topic: bytes | None = None) -> Message:

@@ -1,0 +1,92 @@
+"""BATCH: what is ready together for one peer leaves as one message (one frame, one MAC), and each
+message in it is handled as if it came alone; a batch that is replayed or does not add up is
+dropped whole."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+from conftest import wait_until
+from test_security import KEY, FakeMain, RawWindow, ctx, no_errors_logged  # noqa: F401 (fixtures)
+from zprokit import Main, Window, protocol
+from zprokit.protocol import Kind, pack
+
+WAIT = 10.0
+
+
+def batch_of_requests(raw: RawWindow, args: list[object], channel: str = "echo") -> tuple[list[bytes], list[int]]:
+    """One BATCH of REQUESTs from ``raw``: its frames, and the requests' ids."""
+    ids = [raw.session.next_id() for _ in args]
+    records = b"".join(protocol.batch_item(Kind.REQUEST, i, pickle.dumps(a), raw.name, "", channel)
+                       for i, a in zip(ids, args))
+    session = raw.session
+    assert session.main_session is not None
+    frames = pack(raw.signer, Kind.BATCH, 0, session.next_seq(), session.session, session.main_session,
+                  raw.name, "", "", [records], count=len(ids))
+    return frames, ids
+
+
+def test_replies_made_together_leave_as_one_batch_and_a_batch_of_requests_is_served(ctx):
+    with Main("tcp://127.0.0.1:0", key=KEY) as main:
+        main.on_msg_from_render(lambda event, args: args * 2, channel="echo", inline=True)
+        raw = RawWindow(ctx, main.endpoint, "raw")
+        frames, ids = batch_of_requests(raw, list(range(20)))
+        raw.send(frames)
+        batch = raw.expect(Kind.BATCH)
+        assert batch is not None and batch.count == 20
+        replies = protocol.unbatch(batch)
+        assert [(m.kind, m.msg_id, pickle.loads(m.payload[0])) for m in replies] == \
+               [(Kind.REPLY, i, 2 * a) for i, a in zip(ids, range(20))]
+        assert main.stats()["requests_served"] == 20
+        assert main.stats()["messages_in"] >= 20  # each request counted, not the one batch
+
+
+def test_a_replayed_batch_is_dropped_whole(ctx):
+    with Main("tcp://127.0.0.1:0", key=KEY) as main:
+        ran = []
+        main.on_msg_from_render(lambda event, args: ran.append(args), channel="echo", inline=True)
+        raw = RawWindow(ctx, main.endpoint, "raw")
+        frames, _ = batch_of_requests(raw, [1, 2, 3])
+        raw.send(frames)
+        assert raw.expect(Kind.BATCH) is not None
+        raw.send(frames)  # the same BATCH again: its number was seen
+        assert wait_until(lambda: main.stats()["rejected"]["replay"] == 1, WAIT)
+        assert ran == [1, 2, 3]
+
+
+def test_a_batch_that_does_not_add_up_is_dropped_whole_by_the_main(ctx):
+    with Main("tcp://127.0.0.1:0", key=KEY) as main:
+        ran = []
+        main.on_msg_from_render(lambda event, args: ran.append(args), channel="echo", inline=True)
+        raw = RawWindow(ctx, main.endpoint, "raw")
+        good = protocol.batch_item(Kind.REQUEST, 1, pickle.dumps("good"), "raw", "", "echo")
+        bad = protocol.batch_item(Kind.REGISTER, 2, b"{}", "raw")  # a kind no batch may carry
+        session = raw.session
+        raw.send(pack(raw.signer, Kind.BATCH, 0, session.next_seq(), session.session, session.main_session,
+                      "raw", "", "", [good + bad], count=2))
+        assert wait_until(lambda: main.stats()["rejected"]["malformed"] == 1, WAIT)
+        raw.send(raw.request("still listening"))  # the main reads on
+        assert raw.expect(Kind.REPLY) is not None
+        assert ran == ["still listening"]
+
+
+def test_a_window_settles_every_reply_of_a_batch(ctx):
+    fake = FakeMain(ctx)
+    accepting = threading.Thread(target=fake.accept, name="fake-main")
+    accepting.start()
+    with Window("w", fake.endpoint, key=KEY, heartbeat=10.0) as window:
+        accepting.join(WAIT)
+        futures = [window.render_msg_to_main(i, timeout=WAIT) for i in range(5)]
+        asked = []
+        while len(asked) < 5:
+            _, *frames = fake.router.recv_multipart()
+            msg = protocol.unpack(fake.signer, frames)
+            if msg.kind == Kind.REQUEST:
+                asked.append(msg)
+        records = b"".join(protocol.batch_item(Kind.REPLY, m.msg_id, pickle.dumps(-pickle.loads(m.payload[0])))
+                           for m in asked)
+        fake.send(pack(fake.signer, Kind.BATCH, 0, fake.session.next_seq(), fake.session.session,
+                       fake.window.session, "", "w", "", [records], count=5))
+        assert [f.result(WAIT) for f in futures] == [0, -1, -2, -3, -4]
+        assert window.stats()["late_replies"] == 0
