@@ -8,7 +8,7 @@ import pickle
 import threading
 
 from conftest import wait_until
-from test_security import KEY, FakeMain, RawWindow, ctx, no_errors_logged  # noqa: F401 (fixtures)
+from test_security import KEY, FakeMain, RawWindow, ctx, no_errors_logged, recv  # noqa: F401 (fixtures)
 from zprokit import Main, Window, protocol
 from zprokit.protocol import Kind, pack
 
@@ -84,9 +84,66 @@ def test_a_window_settles_every_reply_of_a_batch(ctx):
             msg = protocol.unpack(fake.signer, frames)
             if msg.kind == Kind.REQUEST:
                 asked.append(msg)
+            elif msg.kind == Kind.BATCH:  # calls made while others were in flight left together
+                asked.extend(protocol.unbatch(msg))
         records = b"".join(protocol.batch_item(Kind.REPLY, m.msg_id, pickle.dumps(-pickle.loads(m.payload[0])))
                            for m in asked)
         fake.send(pack(fake.signer, Kind.BATCH, 0, fake.session.next_seq(), fake.session.session,
                        fake.window.session, "", "w", "", [records], count=5))
         assert [f.result(WAIT) for f in futures] == [0, -1, -2, -3, -4]
         assert window.stats()["late_replies"] == 0
+
+
+def test_calls_made_while_others_are_in_flight_leave_together(ctx):
+    """The first call leaves at once; the next ones, made while it is in flight, wait in the
+    outbox and leave as one BATCH when a caller waits (held here: the window's loop, which would
+    send them half a millisecond later, is kept busy)."""
+    fake = FakeMain(ctx)
+    accepting = threading.Thread(target=fake.accept, name="fake-main")
+    accepting.start()
+    with Window("w", fake.endpoint, key=KEY, heartbeat=10.0) as window:
+        accepting.join(WAIT)
+        held, release = threading.Event(), threading.Event()
+        window._loop.call_soon(lambda: (held.set(), release.wait(WAIT)))
+        assert held.wait(WAIT)
+        try:
+            futures = [window.render_msg_to_main(i, timeout=WAIT) for i in range(5)]
+            first = protocol.unpack(fake.signer, recv(fake.router)[1:])
+            assert first.kind == Kind.REQUEST and pickle.loads(first.payload[0]) == 0
+            assert recv(fake.router, 0.2) is None  # the other four wait
+            reader = threading.Thread(target=lambda: futures[1].result(WAIT), name="reader")
+            reader.start()  # a caller waits for an answer: what was corked leaves first
+            batch = protocol.unpack(fake.signer, recv(fake.router)[1:])
+            assert batch.kind == Kind.BATCH and batch.count == 4
+            asked = [first, *protocol.unbatch(batch)]
+            assert [(m.kind, pickle.loads(m.payload[0])) for m in asked] == [(Kind.REQUEST, i) for i in range(5)]
+            for m in asked:
+                fake.send(pack(fake.signer, Kind.REPLY, m.msg_id, fake.session.next_seq(), fake.session.session,
+                               fake.window.session, "", "w", "", [pickle.dumps(-pickle.loads(m.payload[0]))]))
+            reader.join(WAIT)
+        finally:
+            release.set()
+        assert [f.result(WAIT) for f in futures] == [0, -1, -2, -3, -4]
+
+
+def test_the_outbox_takes_small_calls_up_to_what_the_receiver_reads():
+    from zprokit._outbox import CORK_MAX, CORK_PART_MAX, Corked, Outbox, records
+
+    def call(i: int, size: int = 10) -> Corked:
+        return Corked(Kind.REQUEST, i, "", "echo", b"x" * size, 1000, 0, 0)
+
+    box = Outbox()
+    assert not box.add(call(0, CORK_PART_MAX + 1), None)  # a large one leaves alone
+    assert not box.add(call(0), 600)  # more than a receiver that reads 600 bytes would take in a batch
+    for i in range(CORK_MAX):
+        assert not box.full
+        assert box.add(call(i), None)
+    assert box.full
+    taken = box.take()
+    assert [c.msg_id for c in taken] == list(range(CORK_MAX)) and box.items == []
+    signer = protocol.Signer(KEY)
+    frames = pack(signer, Kind.BATCH, 0, 1, bytes(16), bytes(16), "w", "", "", [records(taken, "w")],
+                  count=len(taken))
+    inner = protocol.unbatch(protocol.unpack(signer, frames))
+    assert [(m.kind, m.msg_id, m.source, m.channel, m.timeout_ms, bytes(m.payload[0])) for m in inner] == \
+           [(Kind.REQUEST, i, "w", "echo", 1000, b"x" * 10) for i in range(CORK_MAX)]

@@ -30,6 +30,7 @@ from . import protocol
 from ._common import MAX_WAIT
 from ._inbox import Inbox
 from ._loop import IOLoop, SharedSocket
+from ._outbox import CORK_FOR, Corked, Outbox, records
 from ._ratelimit import RateLimitedLog
 from ._requests import PendingRequests, ReplyFuture, fail
 from ._streams import ReplyStream, live_streams
@@ -70,6 +71,7 @@ class Link:
         self._probe: zmq.Socket[Any] | None = None
         self._probe_monitor: zmq.Socket[Any] | None = None
         self.dealer: SharedSocket | None = None  # any thread sends on it; one thread reads
+        self._outbox = Outbox()  # calls corked to leave together (under the DEALER's lock)
         self._monitor: zmq.Socket[Any] | None = None
         self.sub = Subscriber(ctx, loop, signer, session, key=window.key, curve=curve, linger_ms=linger_ms,
                               max_payload=window.max_payload, on_broadcast=inbox.broadcast,
@@ -203,15 +205,19 @@ class Link:
 
     # ------------------------------------------------------------------ the DEALER
 
-    def on_dealer(self, frames: list[Any], on_loop: bool = True) -> None:
+    def on_dealer(self, frames: Any, on_loop: bool = True) -> None:
         """A message from the main, read by the loop or (``on_loop=False``) by a waiting caller,
         which settles answers itself and hands everything else to the loop, in order (the loop
-        runs what was handed over before it reads on: see ``IOLoop``)."""
+        runs what was handed over before it reads on: see ``IOLoop``). ``frames`` may also be
+        a ``Message`` a BATCH carried, handled next on the loop (see ``_on_batch``)."""
         if self.dealer is None:  # dropped while this batch was read
             return
         if on_loop:
             self._inbox.begin_batch()  # until the loop's batch ends
         self._stats["messages_in"] += 1
+        if type(frames) is Message:  # one a BATCH carried, admitted with it (see _on_batch)
+            self._HANDLERS[frames.kind](self, frames)
+            return
         try:
             if len(frames) > 1:  # the first frame comes as bytes, the rest as zmq.Frames
                 frames = [frames[0], *(f.buffer for f in frames[1:])]
@@ -235,21 +241,24 @@ class Link:
             self._loop.call_soon(functools.partial(handler, self, msg))
 
     def _on_batch(self, batch: Message, on_loop: bool) -> None:
-        """A BATCH: its messages, in order, each as if it had come alone (admitted with it)."""
+        """A BATCH: its messages, in order, each as if it had come alone (admitted with it). On
+        the loop they are handled next through ``on_dealer`` (see ``IOLoop.expand``)."""
         try:
             messages = protocol.unbatch(batch)
         except Rejected as e:
             self.reject(e, "a batch")
             return
         self._stats["messages_in"] += len(messages) - 1
+        if on_loop and self._loop.expand(messages):
+            self._stats["messages_in"] -= len(messages)  # counted again as each comes
+            return
         handlers, loop = self._HANDLERS, self._loop
-        with loop.unbatching():  # nothing in it runs on the loop's thread: see IOLoop.unbatching
-            for msg in messages:
-                handler = handlers[msg.kind]
-                if on_loop or handler is _ON_ANSWER:
-                    handler(self, msg)
-                else:
-                    loop.call_soon(functools.partial(handler, self, msg))
+        for msg in messages:
+            handler = handlers[msg.kind]
+            if on_loop or handler is _ON_ANSWER:
+                handler(self, msg)
+            else:
+                loop.call_soon(functools.partial(handler, self, msg))
 
     def _on_loop(self, on_loop: bool, fn: Callable[..., None], *args: Any) -> None:
         if on_loop:
@@ -373,6 +382,7 @@ class Link:
         future's state directly.
         """
         self._window._check_fork()
+        self.flush()  # what this caller (or another) corked leaves before anyone waits for it
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         dealer = self.dealer
@@ -511,37 +521,100 @@ class Link:
                 raise MessageTooLarge(size, limit, MAIN_NAME)
 
     def send(self, kind: Kind, msg_id: int, target: str, channel: str, payload: Any, force: bool = False,
-             raise_full: bool = False, timeout_ms: int = 0, count: int = 0, flags: int = 0) -> bool:
+             raise_full: bool = False, timeout_ms: int = 0, count: int = 0, flags: int = 0,
+             cork: bool = False) -> bool:
         """Number, sign and send to the main, from any thread; False if not connected.
 
         A full queue to the main (its high-water mark) is counted in
         ``dropped_hwm``; with ``raise_full`` the caller gets ``QueueFull``.
+        ``cork``: a call made while others are in flight may wait in the
+        outbox a moment, to leave with the next ones (see ``_outbox``).
         """
         dealer = self.dealer
         session = self.session
         if dealer is None:
             return False
+        failed: list[Corked] = []
+        try:
+            with dealer.lock:
+                main_session = session.main_session
+                if dealer.closed or not (session.connected or force) or main_session is None:
+                    return False
+                outbox = self._outbox
+                if cork and len(payload) == 1 and outbox.add(
+                        Corked(kind, msg_id, target, channel, payload[0], timeout_ms, count, flags), session.main_max):
+                    self._stats["messages_out"] += 1
+                    if outbox.full:  # enough to keep the callee busy while more are made
+                        failed = self._flush_locked(dealer, main_session)
+                    elif len(outbox.items) == 1:  # the first: sent by the loop if nobody else does first
+                        self._loop.call_later(CORK_FOR, self.flush)
+                    return True
+                if outbox.items:  # what waits leaves first, so numbers keep their order
+                    failed = self._flush_locked(dealer, main_session)
+                frames = protocol.pack(self._signer, kind, msg_id, session.next_seq(), session.session,
+                                       main_session, self._name, target, channel, payload, timeout_ms=timeout_ms,
+                                       count=count, flags=flags)
+                try:
+                    dealer.send_locked(frames)
+                except zmq.Again as e:
+                    self._stats["dropped_hwm"] += 1
+                    self._warn.warning("dropped_hwm", "window %r: the queue to the main is full; message not sent",
+                                      self._name)
+                    if raise_full:
+                        raise QueueFull(MAIN_NAME) from e
+                    return False
+                except (zmq.ZMQError, Closed):  # closed under us: as if not connected
+                    return False
+                session.sent(time.monotonic())
+                self._stats["messages_out"] += 1
+                return True
+        finally:
+            if failed:
+                self._fail_corked(failed)
+
+    def flush(self) -> None:
+        """Send the corked calls now (any thread): a caller is about to wait, or time is up."""
+        dealer, session = self.dealer, self.session
+        if dealer is None or not self._outbox.items:
+            return
         with dealer.lock:
             main_session = session.main_session
-            if dealer.closed or not (session.connected or force) or main_session is None:
-                return False
-            frames = protocol.pack(self._signer, kind, msg_id, session.next_seq(), session.session, main_session,
-                                   self._name, target, channel, payload, timeout_ms=timeout_ms, count=count,
-                                   flags=flags)
-            try:
-                dealer.send_locked(frames)
-            except zmq.Again as e:
-                self._stats["dropped_hwm"] += 1
-                self._warn.warning("dropped_hwm", "window %r: the queue to the main is full; message not sent",
-                                  self._name)
-                if raise_full:
-                    raise QueueFull(MAIN_NAME) from e
-                return False
-            except (zmq.ZMQError, Closed):  # closed under us: as if not connected
-                return False
-            session.sent(time.monotonic())
-            self._stats["messages_out"] += 1
-            return True
+            if dealer.closed or main_session is None or not self._outbox.items:
+                return
+            failed = self._flush_locked(dealer, main_session)
+        if failed:
+            self._fail_corked(failed)
+
+    def _flush_locked(self, dealer: SharedSocket, main_session: bytes) -> list[Corked]:
+        """Send the outbox as one BATCH (one call alone as itself); the calls that could not
+        leave, for the caller to fail once it has let go of the lock."""
+        items = self._outbox.take()
+        session, signer = self.session, self._signer
+        if len(items) == 1:
+            i = items[0]
+            frames = protocol.pack(signer, i.kind, i.msg_id, session.next_seq(), session.session, main_session,
+                                   self._name, i.target, i.channel, (i.data,), timeout_ms=i.timeout_ms,
+                                   count=i.credit, flags=i.flags)
+        else:
+            frames = protocol.pack(signer, Kind.BATCH, 0, session.next_seq(), session.session, main_session,
+                                   self._name, "", "", (records(items, self._name),), count=len(items))
+        try:
+            dealer.send_locked(frames)
+        except zmq.Again:
+            self._stats["dropped_hwm"] += len(items)
+            return items
+        except (zmq.ZMQError, Closed):
+            return items
+        session.sent(time.monotonic())
+        return []
+
+    def _fail_corked(self, items: list[Corked]) -> None:
+        """Corked calls that never left: their callers are told (``QueueFull``), nothing waits."""
+        self._stats["messages_out"] -= len(items)
+        for item in items:
+            future = self._pending.pop(item.msg_id)
+            if future is not None:
+                fail(future, QueueFull(MAIN_NAME, "the queue to the main was full when the call was to leave"))
 
     def say_goodbye(self) -> None:
         if self.session.connected:
@@ -561,6 +634,8 @@ class Link:
         if dealer is not None:
             self._loop.remove_shared(dealer)
             dealer.close(linger_ms)
+            with dealer.lock:  # closed: nothing corks after this; what did is failed with its pending call
+                self._outbox.take()
         self.sub.close(linger_ms)
 
 

@@ -18,7 +18,6 @@ caller waiting for an answer may read itself while the loop stops watching
 from __future__ import annotations
 
 import collections
-import contextlib
 import heapq
 import itertools
 import logging
@@ -28,7 +27,7 @@ import select
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Callable, cast
 
 import zmq
 
@@ -274,7 +273,6 @@ class IOLoop:
         # thread that takes over finishes.
         self.leadership = Leadership(name, self._run)
         self._work: _Batch | None = None
-        self._unbatching = 0
         self._started = False
         self._ended = threading.Event()
         self._on_stop: Callable[[], None] | None = None
@@ -367,19 +365,18 @@ class IOLoop:
         """``handler`` may run on the calling thread (``run_here``): it leads, handling a batch of
         messages (where a takeover can go on from the next one), and the handler has not
         taken long lately."""
-        return (self._work is not None and not self._unbatching and self.leadership.in_loop
-                and self.leadership.quick(handler))
+        return self._work is not None and self.leadership.in_loop and self.leadership.quick(handler)
 
-    @contextlib.contextmanager
-    def unbatching(self) -> Iterator[None]:
-        """While the messages of one BATCH are handled: none runs a handler on the loop's thread
-        (``may_run_here``), as a thread that took the loop over goes on from the next message
-        read, not from the next one in the batch."""
-        self._unbatching += 1
-        try:
-            yield
-        finally:
-            self._unbatching -= 1
+    def expand(self, items: list[Any]) -> bool:
+        """Handle ``items`` next, before the rest of the batch in hand, each through its socket's
+        ``on_message`` as if it had been read: the messages of a BATCH, so a handler among them
+        that takes long hands the loop over as from any message, and the thread that takes it
+        over goes on from the next one. False outside the loop's batches (nothing is taken)."""
+        work = self._work
+        if work is None or not self.leadership.in_loop:
+            return False
+        work.batch[work.next:work.next] = items
+        return True
 
     def run_here(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run handler ``fn(*args)`` here, on the loop's thread; if it takes long, another thread

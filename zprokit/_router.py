@@ -99,15 +99,18 @@ class Router:
 
     # ------------------------------------------------------------------ in (I/O thread)
 
-    def on_message(self, raw: list[Any]) -> None:
+    def on_message(self, raw: Any) -> None:
         """One message: ``raw[0]`` the routing id (bytes), then ``zmq.Frame``s (the last one
-        carries the metadata: the CURVE User-Id, the peer address)."""
+        carries the metadata: the CURVE User-Id, the peer address); or one a BATCH carried."""
         self.batching = True  # until end_batch
         self.stats["messages_in"] += 1
         try:
-            self._receive(raw)
+            if type(raw) is _Carried:
+                self._handle_carried(raw)
+            else:
+                self._receive(raw)
         except Rejected as e:
-            self.reject(e.reason, e, raw)
+            self.reject(e.reason, e, None if type(raw) is _Carried else raw)
 
     def _receive(self, raw: list[Any]) -> None:
         ident = raw[0]
@@ -139,17 +142,23 @@ class Router:
                                   [protocol.encode_body({**protocol.error_body(PeerLost(e.tell), MAIN_NAME),
                                                          **({"rejoin": True} if e.rejoin else {})})])
             return
-        if kind == Kind.BATCH:  # what the window had ready together: each as if it came alone
-            messages = protocol.unbatch(msg)
-            self.stats["messages_in"] += len(messages) - 1
-            with self._loop.unbatching():  # none runs on this thread: see IOLoop.unbatching
-                for inner in messages:
-                    self._HANDLERS[inner.kind](self, peer, inner)
+        if kind == Kind.BATCH:  # what the window had ready together: each next, as if it came alone
+            carried = [_Carried(peer, inner) for inner in protocol.unbatch(msg)]
+            self.stats["messages_in"] -= 1  # each message it carries is counted
+            if not self._loop.expand(carried):
+                for item in carried:
+                    self.on_message(item)
             return
         handler = self._HANDLERS.get(kind)
         if handler is None:
             raise Rejected("malformed", f"unexpected {kind.name} from {peer.name}")
         handler(self, peer, msg)
+
+    def _handle_carried(self, item: _Carried) -> None:
+        """A message of a BATCH, admitted with it: handled unless its window left meanwhile."""
+        peer = item.peer
+        if self.session.windows.get(peer.name) is peer:
+            self._HANDLERS[item.msg.kind](self, peer, item.msg)
 
     def end_batch(self) -> None:
         """The end of a batch of messages: what it produced leaves together (I/O thread)."""
@@ -523,6 +532,15 @@ class Router:
             raise Closed(f"the main's ROUTER failed: {e}") from e
         self.stats["messages_out"] += 1
         return True
+
+
+class _Carried:
+    """A message a BATCH carried, with the window it came from (checked once, with the BATCH)."""
+
+    __slots__ = ("peer", "msg")
+
+    def __init__(self, peer: Peer, msg: Message) -> None:
+        self.peer, self.msg = peer, msg
 
 
 def _batches(run: list[tuple[int, Any]], max_size: int | None) -> Iterator[list[tuple[int, Any]]]:

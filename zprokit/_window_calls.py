@@ -54,8 +54,10 @@ class WindowCalls:
         if self._session.connected:
             self._pending.add(msg_id, future, timeout, callee)
             try:
+                # A call made while others are in flight may wait a moment, to leave with the next.
                 if self._link.send(kind, msg_id, target, channel, payload, raise_full=True,
-                                   timeout_ms=timeout_ms(timeout), count=count, flags=flags):
+                                   timeout_ms=timeout_ms(timeout), count=count, flags=flags,
+                                   cork=kind == Kind.REQUEST and len(self._pending) > 1):
                     return future
             except BaseException:  # QueueFull, or anything else: no entry is left behind
                 self._pending.pop(msg_id)
