@@ -57,7 +57,7 @@ class WindowCalls:
                 # A call made while others are in flight may wait a moment, to leave with the next.
                 if self._link.send(kind, msg_id, target, channel, payload, raise_full=True,
                                    timeout_ms=timeout_ms(timeout), count=count, flags=flags,
-                                   cork=kind == Kind.REQUEST and len(self._pending) > 1):
+                                   cork=len(self._pending) > 1):
                     return future
             except BaseException:  # QueueFull, or anything else: no entry is left behind
                 self._pending.pop(msg_id)
