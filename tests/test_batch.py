@@ -147,3 +147,13 @@ def test_the_outbox_takes_small_calls_up_to_what_the_receiver_reads():
     inner = protocol.unbatch(protocol.unpack(signer, frames))
     assert [(m.kind, m.msg_id, m.source, m.channel, m.timeout_ms, bytes(m.payload[0])) for m in inner] == \
            [(Kind.REQUEST, i, "w", "echo", 1000, b"x" * 10) for i in range(CORK_MAX)]
+
+
+def test_a_batch_with_a_kind_the_main_never_takes_is_refused_not_an_error(ctx):
+    """An ACK may travel in a batch (main -> window), but a main takes none: counted, not logged as a crash."""
+    with Main("tcp://127.0.0.1:0", key=KEY) as main:
+        raw = RawWindow(ctx, main.endpoint, "raw")
+        session = raw.session
+        raw.send(pack(raw.signer, Kind.BATCH, 0, session.next_seq(), session.session, session.main_session,
+                      "raw", "", "", [protocol.batch_item(Kind.ACK, 5, b"")], count=1))
+        assert wait_until(lambda: main.stats()["rejected"]["malformed"] == 1, WAIT)

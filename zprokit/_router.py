@@ -156,9 +156,12 @@ class Router:
 
     def _handle_carried(self, item: _Carried) -> None:
         """A message of a BATCH, admitted with it: handled unless its window left meanwhile."""
-        peer = item.peer
+        peer, msg = item.peer, item.msg
+        handler = self._HANDLERS.get(msg.kind)
+        if handler is None:  # an ACK: the main asks nothing that a window acknowledges
+            raise Rejected("malformed", f"unexpected {msg.kind.name} in a batch from {peer.name}")
         if self.session.windows.get(peer.name) is peer:
-            self._HANDLERS[item.msg.kind](self, peer, item.msg)
+            handler(self, peer, msg)
 
     def end_batch(self) -> None:
         """The end of a batch of messages: what it produced leaves together (I/O thread)."""
