@@ -94,6 +94,7 @@ from ._common import CHILD_TIMEOUT, INFLIGHT, LOCAL, SMALL, BenchError
 from ._measure import (_bandwidth, _brief, _Child, _numbered, _Outstanding, _pipelined, _raw_client, _raw_echo_array,
                        _raw_echo_bytes, _raw_pipelined, _raw_stream, _round_trips, _rss_kib, _split, _streamed,
                        _timed_flow, _Wire)
+from ._peer_servers import SERVERS as PEER_SERVERS
 
 __all__ = ["BenchError", "METRICS", "add_arguments", "run", "main"]
 
@@ -573,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"%(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.serve:
         kind, params = args.serve
-        SERVERS[kind](**json.loads(params))
+        (PEER_SERVERS[kind] if kind in PEER_SERVERS else SERVERS[kind])(**json.loads(params))
         return 0
     try:
         run_from_args(args)
