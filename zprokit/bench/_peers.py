@@ -246,7 +246,8 @@ PEERS: tuple[Peer, ...] = (
     Peer("multiprocessing", "multiprocessing.connection", "peer-mp", _mp,
          extra={"how": "Client -> Listener on TCP, send_bytes/recv_bytes"}),
     Peer("pyro5", "Pyro5", "peer-pyro5", _pyro5, module="Pyro5", pip="Pyro5",
-         no_pipelining="Pyro5 cannot keep calls in flight: @oneway calls have no answer, batch() is one request",
+         no_pipelining="Pyro5 cannot keep calls in flight (@oneway calls have no answer; batch() sends its "
+                       "calls as one request)",
          extra={"how": "Proxy -> Daemon", "serializer": "marshal"}),
     Peer("rpyc", "RPyC", "peer-rpyc", _rpyc, module="rpyc", pip="rpyc",
          extra={"how": "rpyc.connect -> ThreadedServer; pipelined with rpyc.async_"}),
