@@ -21,10 +21,12 @@ import importlib
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable
 
 from .. import _env
 from ._children import _commands, _say
+from ._common import CHILD_TIMEOUT
 
 GRPC_SERVICE = "zprokit.bench.Echo"
 GRPC_METHOD = f"/{GRPC_SERVICE}/Echo"
@@ -92,6 +94,12 @@ def serve_peer_rpyc() -> None:
     service = type("EchoService", (rpyc.Service,), {"exposed_echo": lambda self, payload: payload})
     server = servers.ThreadedServer(service, hostname="127.0.0.1", port=0)
     _in_background(server.start, "peer-rpyc")
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while not server.active:  # bound in the constructor, but listening only once start() runs
+        if time.monotonic() > deadline:
+            _say("error", error="rpyc: the server did not start listening")
+            return
+        time.sleep(0.001)
     _say("ready", host="127.0.0.1", port=server.port)
     _commands()
     server.close()
