@@ -45,9 +45,9 @@ def _raw_client(endpoint: str) -> Iterator[zmq.Socket[Any]]:
         ctx.term()
 
 
-def _round_trips(call: Callable[[bytes], Any], n: int) -> tuple[float, float]:
-    """p50 and p99 in µs of ``n`` sequential calls, after ``n // 10`` untimed ones."""
-    payload = bytes(SMALL)
+def _round_trips(call: Callable[[bytes], Any], n: int, size: int = SMALL) -> tuple[float, float]:
+    """p50 and p99 in µs of ``n`` sequential calls of ``size`` bytes, after ``n // 10`` untimed ones."""
+    payload = bytes(size)
     for _ in range(max(n // 10, 20)):
         call(payload)
     times = []
@@ -60,9 +60,10 @@ def _round_trips(call: Callable[[bytes], Any], n: int) -> tuple[float, float]:
     return times[len(times) // 2] / 1000, times[max(0, math.ceil(0.99 * len(times)) - 1)] / 1000
 
 
-def _raw_pipelined(dealer: zmq.Socket[Any], total: int, wire: "_Wire | None" = None) -> float:
-    """Requests per second with ``INFLIGHT`` outstanding; through ``wire`` (signed, pickled) if given."""
-    payload = bytes(SMALL)
+def _raw_pipelined(dealer: zmq.Socket[Any], total: int, wire: "_Wire | None" = None, size: int = SMALL) -> float:
+    """Requests per second with ``INFLIGHT`` outstanding, of ``size`` bytes; through ``wire`` (signed,
+    pickled) if given."""
+    payload = bytes(size)
     for _ in range(2):  # the first run warms up
         start = time.perf_counter()
         sent = received = 0

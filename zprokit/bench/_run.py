@@ -89,11 +89,13 @@ from .._requests import ReplyFuture
 from ..main import Main
 from ..window import Window
 from . import add_arguments
+from . import run_from_args as run_chosen
 from ._children import SERVERS
 from ._common import CHILD_TIMEOUT, INFLIGHT, LOCAL, SMALL, BenchError
 from ._measure import (_bandwidth, _brief, _Child, _numbered, _Outstanding, _pipelined, _raw_client, _raw_echo_array,
                        _raw_echo_bytes, _raw_pipelined, _raw_stream, _round_trips, _rss_kib, _split, _streamed,
                        _timed_flow, _Wire)
+from ._peer_servers import SERVERS as PEER_SERVERS
 
 __all__ = ["BenchError", "METRICS", "add_arguments", "run", "main"]
 
@@ -554,7 +556,8 @@ class _Bench:
 
 
 def run_from_args(args: argparse.Namespace, out: TextIO = sys.stdout) -> dict[str, Any]:
-    """Run as the options in ``args`` say; writes ``--json``. Raises ``BenchError``."""
+    """Run as the options in ``args`` say (all but ``--peers``: the package's ``run_from_args`` sends
+    those to ``_peers``); writes ``--json``. Raises ``BenchError``."""
     report = run(Sizes.choose(args.quick, args.rounds, args.windows), out)
     if args.json:
         with open(args.json, "w") as f:
@@ -573,10 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"%(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.serve:
         kind, params = args.serve
-        SERVERS[kind](**json.loads(params))
+        (PEER_SERVERS[kind] if kind in PEER_SERVERS else SERVERS[kind])(**json.loads(params))
         return 0
     try:
-        run_from_args(args)
+        run_chosen(args)  # this benchmark, or the peers' with --peers
     except BenchError as e:
         print(f"zprokit bench: error: {e}", file=sys.stderr)
         return 1
