@@ -132,7 +132,7 @@ def test_the_outbox_takes_small_calls_up_to_what_the_receiver_reads():
     def call(i: int, size: int = 10) -> Corked:
         return Corked(Kind.REQUEST, i, "", "echo", b"x" * size, 1000, 0, 0)
 
-    box = Outbox()
+    box = Outbox("w")
     assert not box.add(call(0, CORK_PART_MAX + 1), None)  # a large one leaves alone
     assert not box.add(call(0), 600)  # more than a receiver that reads 600 bytes would take in a batch
     for i in range(CORK_MAX):
@@ -157,3 +157,14 @@ def test_a_batch_with_a_kind_the_main_never_takes_is_refused_not_an_error(ctx):
         raw.send(pack(raw.signer, Kind.BATCH, 0, session.next_seq(), session.session, session.main_session,
                       "raw", "", "", [protocol.batch_item(Kind.ACK, 5, b"")], count=1))
         assert wait_until(lambda: main.stats()["rejected"]["malformed"] == 1, WAIT)
+
+
+def test_corked_calls_never_make_a_batch_larger_than_the_main_reads():
+    """Every record carries the window's name: with a long name and a main that reads 4 KiB,
+    the outbox leaves before its BATCH would be refused as oversized."""
+    with Main("tcp://127.0.0.1:0", max_payload=4096) as main:
+        main.on_msg_from_render(lambda event, args: len(args), channel="echo")
+        with Window("w" * 200, main.endpoint, key=main.key) as window:
+            futures = [window.render_msg_to_main(b"x" * 100, channel="echo", timeout=WAIT) for _ in range(40)]
+            assert [f.result(WAIT) for f in futures] == [100] * 40
+            assert main.stats()["rejected"]["oversized"] == 0

@@ -39,11 +39,12 @@ def test_a_blocking_handler_hands_the_loop_over_and_the_rest_is_answered_meanwhi
 
 
 def test_what_came_after_a_blocking_call_is_handled_in_order():
-    """The thread that takes the loop over goes on from the message after the blocking one."""
+    """The thread that takes the loop over goes on from the message after the blocking one (the
+    calls to ``seq`` run inline, on whichever thread has the loop, so they show its order)."""
     with Main("tcp://127.0.0.1:0") as main:
         release, seen = threading.Event(), []
         main.on_msg_from_render(lambda event, args: release.wait(30), channel="block")
-        main.on_msg_from_render(lambda event, args: seen.append(args), channel="seq")
+        main.on_msg_from_render(lambda event, args: seen.append(args), channel="seq", inline=True)
         with Window("w", main.endpoint, key=main.key) as window:
             try:
                 for round_ in range(3):
@@ -122,3 +123,82 @@ def test_a_handler_that_waits_on_a_call_of_its_own_gets_its_answer():
                    [i + 1 for i in range(20)]
             assert main.stats()["handoffs"] >= 1
             assert wait_until(lambda: idle(main, helper, caller), WAIT)
+
+
+class _LoadsFails:
+    """Unpickles into an error (int("x") raises ValueError)."""
+
+    def __reduce__(self):
+        return (int, ("x",))
+
+
+class _DumpsExits:
+    """Pickling it raises SystemExit: the answer of a handler that returns it fails, the node lives."""
+
+    def __reduce__(self):
+        raise SystemExit("from __reduce__")
+
+
+def test_a_call_that_fails_before_its_handler_gives_its_slot_back():
+    with Main("tcp://127.0.0.1:0", workers=1) as main:
+        main.on_msg_from_render(lambda event, args: args, channel="echo")
+        with Window("w", main.endpoint, key=main.key) as window:
+            for _ in range(3):  # each takes the one slot, and fails before the handler runs
+                assert isinstance(window.render_msg_to_main(_LoadsFails(), channel="echo").exception(WAIT), Exception)
+            assert window.render_msg_to_main("still served", channel="echo").result(WAIT) == "still served"
+            assert wait_until(lambda: idle(main, window), WAIT)
+
+
+def test_a_handler_whose_answer_exits_on_pickling_leaves_the_node_up():
+    with Main("tcp://127.0.0.1:0") as main:
+        main.on_msg_from_render(lambda event, args: _DumpsExits(), channel="bad")
+        main.on_msg_from_render(lambda event, args: args, channel="echo")
+        with Window("w", main.endpoint, key=main.key) as window:
+            error = window.render_msg_to_main(None, channel="bad").exception(WAIT)
+            assert "SystemExit" in repr(error) or "from __reduce__" in str(error), error
+            assert window.render_msg_to_main(1, channel="echo").result(WAIT) == 1
+            assert not main.closed
+
+
+def test_quick_handlers_one_after_another_do_not_hold_the_loop():
+    """Handlers of a few ms each never lose the lead alone; after 5 ms of them in one turn, the
+    rest of the turn's calls go to the pool, so the loop reads on."""
+    import time
+
+    with Main("tcp://127.0.0.1:0") as main:
+        threads = []
+
+        @main.on_msg_from_render(channel="work")
+        def work(event, args):
+            threads.append(threading.current_thread().name)
+            time.sleep(0.004)
+            return args
+
+        with Window("w", main.endpoint, key=main.key) as window:
+            futures = [window.render_msg_to_main(i, channel="work", timeout=30) for i in range(60)]
+            assert [f.result(30) for f in futures] == list(range(60))
+        assert len(set(threads)) > 1, set(threads)  # not every one on the loop's thread
+
+
+def test_close_waits_for_a_handler_running_off_the_pool():
+    main = Main("tcp://127.0.0.1:0")
+    entered, finished = threading.Event(), threading.Event()
+
+    @main.on_msg_from_render(channel="slow")
+    def slow(event, args):
+        entered.set()
+        import time
+
+        time.sleep(0.3)
+        finished.set()
+        return args
+
+    window = Window("w", main.endpoint, key=main.key)
+    try:
+        window.render_msg_to_main(None, channel="slow", timeout=10)
+        assert entered.wait(WAIT)
+        main.close()
+        assert finished.is_set()  # close() let it finish, as it does a pool thread's
+    finally:
+        window.close()
+        main.close()

@@ -1,8 +1,10 @@
 """Where user code runs: a small pool of daemon threads, and an asyncio loop for ``async def``.
 
-User handlers never run on the I/O thread (unless registered ``inline=True``),
-so a slow handler cannot stall routing, replies to others, or heartbeats.
-One-way messages can be given a *lane*: calls in the same lane run one after
+The pool's ``workers`` are slots: a handler the I/O thread runs itself (a
+call's, by default: see ``_handoff``) takes one too (``try_hold``), so no
+more than ``workers`` handlers run at once, on the pool or not; a slow
+handler is not left on the I/O thread, so it cannot stall routing, replies
+to others, or heartbeats for long. One-way messages can be given a *lane*: calls in the same lane run one after
 another, in arrival order, while other lanes and requests run in parallel.
 """
 
@@ -29,7 +31,8 @@ SYNC_RESULTS = frozenset({type(None), bytes, str, int, float, bool, list, tuple,
 
 
 class Dispatcher:
-    """Runs callables off the I/O thread; threads start lazily up to ``workers``."""
+    """Runs callables off the I/O thread; threads start lazily up to ``workers``, and run while
+    fewer than ``workers`` slots are taken (by them, and by handlers run off the pool)."""
 
     def __init__(self, name: str, workers: int = 8) -> None:
         if workers < 1:
@@ -44,6 +47,7 @@ class Dispatcher:
         # Jobs running on the pool plus handlers run off it (try_hold): never more than workers.
         self._busy = 0
         self._slot_free = threading.Condition(self._lock)
+        self._holders: collections.Counter[int] = collections.Counter()  # threads holding a slot off the pool
         self._lanes: dict[Any, collections.deque[Callable[[], None]]] = {}
         self._closed = False
         self._aloop: asyncio.AbstractEventLoop | None = None
@@ -76,21 +80,24 @@ class Dispatcher:
     def try_hold(self) -> bool:
         """Take one of the ``workers`` slots for a handler run off the pool (on the thread that
         read its request: see ``_handoff``), so that no more than ``workers`` handlers run at
-        once either way. False when none is free. ``run_held`` gives it back."""
+        once either way. False when none is free. ``release`` gives it back (``close`` waits
+        for that, as it does for the pool's threads)."""
         with self._lock:
             if self._busy >= self._max or self._closed:
                 return False
             self._busy += 1
+            self._holders[threading.get_ident()] += 1
             return True
 
-    def run_held(self, run: Callable[..., Any], handler: Callable[..., Any], *args: Any) -> Any:
-        """``run(handler, *args)`` in a slot taken with ``try_hold``, given back after."""
-        try:
-            return run(handler, *args)
-        finally:
-            with self._lock:
-                self._busy -= 1
-                self._slot_free.notify()
+    def release(self) -> None:
+        """Give back the slot this thread took with ``try_hold``."""
+        with self._lock:
+            self._busy -= 1
+            me = threading.get_ident()
+            self._holders[me] -= 1
+            if not self._holders[me]:
+                del self._holders[me]
+            self._slot_free.notify_all()
 
     def run_async(self, coro: Any, done: Callable[["concurrent.futures.Future[Any]"], None]) -> Callable[[], bool]:
         """Run coroutine ``coro`` on this dispatcher's asyncio loop; ``done(future)`` when it ends.
@@ -131,7 +138,7 @@ class Dispatcher:
             with self._lock:
                 self._idle -= 1
                 self._queued -= 1
-                while self._busy >= self._max:  # handlers run off the pool hold the slots
+                while self._busy >= self._max and not self._closed:  # handlers run off the pool hold them
                     self._slot_free.wait()
                 self._busy += 1
             _call(fn)
@@ -147,10 +154,15 @@ class Dispatcher:
                 return
             self._closed = True
             threads = list(self._threads)
+            self._slot_free.notify_all()  # queued jobs run now, slots or not: close lets them finish
         for _ in threads:
             self._queue.put(_STOP)
         deadline = _deadline(timeout)
         me = threading.current_thread()
+        with self._lock:  # handlers run off the pool (not the one closing, if it is one): as for threads
+            ident = me.ident
+            if not self._slot_free.wait_for(lambda: not (set(self._holders) - {ident}), max(0.0, deadline())):
+                log.warning("%s: a handler still runs after close (off the pool)", self.name)
         for t in threads:
             if t is me:  # closed from one of our own callbacks: it ends when it returns
                 continue

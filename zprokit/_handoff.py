@@ -52,6 +52,7 @@ class Leadership:
         self._running = 0  # the number of the handler the leader runs now; 0: none
         self._count = 0  # handlers run on a leader so far (their numbers)
         self._fn: Any = None  # the handler the leader runs now
+        self._busy_since = 0.0  # when the leader started running handlers, since it last waited for input
         self._slow: dict[int, float] = {}  # id(handler) -> until when it runs on the pool (it took long)
         self._watcher: threading.Thread | None = None
         self._asleep = False  # the watcher waits for a handler to start (no timed looks)
@@ -81,7 +82,11 @@ class Leadership:
         return self.leader is threading.current_thread() and not self._running
 
     def quick(self, fn: Any) -> bool:
-        """``fn`` has not lost the lead in the last ``SLOW_FOR`` s (else: run it on the pool)."""
+        """``fn`` may run on the leader: it has not lost the lead in the last ``SLOW_FOR`` s, and the
+        leader has not run handlers for ``HANDOFF`` s since it last waited for input (handlers
+        that each take a few ms, one after another, would hold the loop as long as a slow one)."""
+        if self._busy_since and time.monotonic() - self._busy_since > HANDOFF:
+            return False
         if not self._slow:
             return True
         until = self._slow.get(id(fn))
@@ -98,6 +103,8 @@ class Leadership:
         self._count += 1
         self._fn = fn
         self._running = self._count
+        if not self._busy_since:
+            self._busy_since = time.monotonic()
         if self._asleep:  # written after _running: see _watch
             self._asleep = False
             self._wake.set()
@@ -112,6 +119,10 @@ class Leadership:
                 if self.leader is threading.current_thread():
                     self._running = 0
                     self._urgent = 0
+
+    def rested(self) -> None:
+        """The leader is about to wait for input: its time in handlers starts again."""
+        self._busy_since = 0.0
 
     def _about_to_block(self) -> None:
         running = self._running
@@ -154,6 +165,7 @@ class Leadership:
             old = self.leader
             self.leader = me = threading.current_thread()
             self._running = self._urgent = 0
+            self._busy_since = 0.0
             self.takeovers += 1
             if len(self._slow) > 1000:  # handlers made on the fly: forget the oldest marks
                 self._slow.clear()

@@ -63,7 +63,6 @@ class Inbox:
         self._name = name
         self._dispatch = dispatch
         self._loop = loop
-        self._run_here = functools.partial(dispatch.run_held, loop.run_here)
         self._serializer = serializer
         self._session = session
         self._max_queued = max_queued
@@ -128,7 +127,10 @@ class Inbox:
         event = dataclasses.replace(event, cancelled=call.token, deadline=deadline_of(msg.timeout_ms, time.time()))
         if self._loop.may_run_here(callbacks[0]) and self._dispatch.try_hold():
             # On this thread, which the loop passes to another if the callback takes long.
-            self._answer(call, callbacks[0], event, msg, self._run_here)
+            try:
+                self._answer(call, callbacks[0], event, msg, self._loop.run_here)
+            finally:
+                self._dispatch.release()
             return
         with self.lock:
             self._request_backlog += 1
@@ -327,15 +329,15 @@ class Inbox:
                     kind, payload = Kind.REPLY, self._serializer.dumps(result)
                     assert self.link is not None
                     self.link.check_size(payload, "", "")
-                except Exception as e:  # an unpicklable or oversized return value is the callback's error
-                    exc = e
+                except BaseException as e:  # an unpicklable or oversized return value is the callback's error
+                    exc = e  # (SystemExit from a __reduce__ included: this may run on the I/O thread)
             if exc is not None:
                 kind, payload = Kind.ERROR, protocol.handler_error(exc, self._name)
             self._send(kind, msg_id, "", "", payload)
 
         try:
             args = self._serializer.loads(msg.payload)
-        except Exception as e:
+        except BaseException as e:  # SystemExit from a __reduce__ too: this may run on the I/O thread
             done(None, e)
             return
         stop = call_handler(self._dispatch, cb, (event, args), done, run)

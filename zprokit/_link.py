@@ -71,7 +71,7 @@ class Link:
         self._probe: zmq.Socket[Any] | None = None
         self._probe_monitor: zmq.Socket[Any] | None = None
         self.dealer: SharedSocket | None = None  # any thread sends on it; one thread reads
-        self._outbox = Outbox()  # calls corked to leave together (under the DEALER's lock)
+        self._outbox = Outbox(self._name)  # calls corked to leave together (under the DEALER's lock)
         self._monitor: zmq.Socket[Any] | None = None
         self.sub = Subscriber(ctx, loop, signer, session, key=window.key, curve=curve, linger_ms=linger_ms,
                               max_payload=window.max_payload, on_broadcast=inbox.broadcast,
@@ -534,7 +534,7 @@ class Link:
         session = self.session
         if dealer is None:
             return False
-        failed: list[Corked] = []
+        failed: list[tuple[Corked, Exception]] = []
         try:
             with dealer.lock:
                 main_session = session.main_session
@@ -585,9 +585,9 @@ class Link:
         if failed:
             self._fail_corked(failed)
 
-    def _flush_locked(self, dealer: SharedSocket, main_session: bytes) -> list[Corked]:
+    def _flush_locked(self, dealer: SharedSocket, main_session: bytes) -> list[tuple[Corked, Exception]]:
         """Send the outbox as one BATCH (one call alone as itself); the calls that could not
-        leave, for the caller to fail once it has let go of the lock."""
+        leave, and why, for the caller to fail once it has let go of the lock."""
         items = self._outbox.take()
         session, signer = self.session, self._signer
         if len(items) == 1:
@@ -602,19 +602,22 @@ class Link:
             dealer.send_locked(frames)
         except zmq.Again:
             self._stats["dropped_hwm"] += len(items)
-            return items
+            self._stats["messages_out"] -= len(items)
+            return [(item, QueueFull(MAIN_NAME, "the queue to the main was full when the call was to leave"))
+                    for item in items]
         except (zmq.ZMQError, Closed):
-            return items
+            self._stats["messages_out"] -= len(items)
+            return [(item, PeerLost("the connection to the main closed before the call could leave"))
+                    for item in items]
         session.sent(time.monotonic())
         return []
 
-    def _fail_corked(self, items: list[Corked]) -> None:
-        """Corked calls that never left: their callers are told (``QueueFull``), nothing waits."""
-        self._stats["messages_out"] -= len(items)
-        for item in items:
+    def _fail_corked(self, failed: list[tuple[Corked, Exception]]) -> None:
+        """Corked calls that never left: their callers are told why, nothing waits."""
+        for item, error in failed:
             future = self._pending.pop(item.msg_id)
             if future is not None:
-                fail(future, QueueFull(MAIN_NAME, "the queue to the main was full when the call was to leave"))
+                fail(future, error)
 
     def say_goodbye(self) -> None:
         if self.session.connected:

@@ -440,6 +440,9 @@ class IOLoop:
                 if not self._run_once(me):
                     return  # a handler we ran took long: another thread leads now
         except BaseException as e:  # a bug in zprokit (user code never runs bare here): no half-alive node
+            if not self.leadership.is_leader(me):  # no longer the loop's thread: the node lives on elsewhere
+                log.error("%s: error in a handler's thread after it handed the loop over", self.name, exc_info=e)
+                return
             self._stopping = True
             log.critical("%s: the I/O thread failed; its node is closed", self.name, exc_info=e)
             if self._on_fail is not None:
@@ -469,6 +472,7 @@ class IOLoop:
             self._wait_until = self._timers[0][0]
             # epoll rounds up to whole ms, and takes at most an int of them: a far timer is waited for in steps
             timeout = min(MAX_WAIT, max(0.0, self._wait_until - time.monotonic()))
+        self.leadership.rested()
         ready = {fd for fd, _ in self._poller.poll(timeout)}
         self._wait_until = 0.0
         woken = self._waker.fd in ready

@@ -37,20 +37,21 @@ class Corked(NamedTuple):
 
 
 class Outbox:
-    """The corked calls of one sender, in order. Not thread-safe: its owner's send lock guards it."""
+    """The corked calls of ``source``, in order. Not thread-safe: its owner's send lock guards it."""
 
-    __slots__ = ("items", "_size")
+    __slots__ = ("items", "_size", "_record")
 
-    def __init__(self) -> None:
+    def __init__(self, source: str) -> None:
         self.items: list[Corked] = []
         self._size = 0
+        self._record = _RECORD + len(source.encode())  # each record carries the sender's name
 
     def add(self, item: Corked, limit: int | None) -> bool:
         """Cork ``item`` if it fits (one small part, and room in a BATCH of at most ``limit``
         bytes, what the receiver reads); False if it must leave alone, now."""
         data = item.data
         size = len(data) if type(data) is bytes else memoryview(data).nbytes
-        size += _RECORD + len(item.target) * 4 + len(item.channel) * 4  # UTF-8: at most 4 bytes a character
+        size += self._record + len(item.target) * 4 + len(item.channel) * 4  # UTF-8: at most 4 bytes a character
         room = protocol.BATCH_MAX if limit is None else min(protocol.BATCH_MAX, limit - _OVERHEAD)
         if size > CORK_PART_MAX or self._size + size > room:
             return False

@@ -48,7 +48,6 @@ class Server:
     ) -> None:
         self._router = router
         self._loop = loop
-        self._run_here = functools.partial(dispatch.run_held, loop.run_here)
         self._session = router.session
         self._dispatch = dispatch
         self._serializer = serializer
@@ -65,7 +64,8 @@ class Server:
 
     def serve(self, peer: Peer, msg: Message) -> None:
         """Run the handler of ``msg.channel`` for window ``peer``'s request (I/O thread): here if
-        it is inline, else on the pool, which answers from there. The call is kept in the
+        it is inline, or by default while it is quick (see ``_handoff``), else on the pool, which
+        answers from there. The call is kept in the
         session's ``serving`` until it ends, so a CANCEL (or the window leaving) reaches it."""
         entry = self._handlers.get(msg.channel)
         if entry is None:
@@ -85,7 +85,10 @@ class Server:
             # The common case: on this thread, which the loop passes to another if it takes
             # long (see _handoff); no thread handoff there and back.
             self._session.serving[key] = call
-            self._run(call, key, peer, handler, msg, self._run_here)
+            try:
+                self._run(call, key, peer, handler, msg, self._loop.run_here)
+            finally:
+                self._dispatch.release()
             return
         # Bounded by what waits in the pool, cancelled calls included (they leave when a
         # thread takes them): the caller is told, nothing piles up.
@@ -176,7 +179,7 @@ class Server:
         done = self._answerer(call, key, peer, msg.msg_id)
         try:
             args = self._serializer.loads(msg.payload)
-        except Exception as e:
+        except BaseException as e:  # SystemExit from a __reduce__ too: this may run on the I/O thread
             done(None, e)
             return
         event = Event(peer.name, msg.channel, "request", None, MAIN_NAME, False, call.token,
@@ -209,8 +212,8 @@ class Server:
                 try:
                     reply = self._serializer.dumps(result)
                     check_size(asker, reply, "")
-                except Exception as e:  # an unpicklable or oversized return value is the handler's error
-                    exc = e
+                except BaseException as e:  # an unpicklable or oversized return value is the handler's error
+                    exc = e  # (SystemExit from a __reduce__ included: this may run on the I/O thread)
             if exc is not None:
                 self._router.send_to(name, Kind.ERROR, msg_id, "", protocol.handler_error(exc, MAIN_NAME), served=True)
             elif len(reply) == 1 and self._router.batching and self._router.in_loop():

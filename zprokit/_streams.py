@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterator, TypeVar
 
 from ._calls import ServedCall
 from ._dispatch import Dispatcher
+from ._handoff import about_to_block
 from .errors import Closed, QueueFull, Timeout
 from .events import Event
 from .protocol import Message
@@ -201,6 +202,7 @@ class ReplyStream(Generic[_T]):
             if ready:
                 return self._loads(payload)  # type: ignore[no-any-return]
             assert waiter is not None
+            about_to_block()  # a handler on its loop's thread waits: the loop goes on elsewhere
             try:
                 waiter.result(None if self._timeout == float("inf") else self._timeout)
             except concurrent.futures.TimeoutError:

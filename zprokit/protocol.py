@@ -461,6 +461,8 @@ def unbatch(batch: Message) -> list[Message]:
             channel = str(data[pos : pos + lc], "utf-8") if lc else ""
             pos += lc
             item = _KINDS[kind]
+            if flags & FLAG_INLINE:
+                raise Rejected("malformed", "the inline flag in a batch record")
             if item not in BATCHABLE:
                 raise Rejected("malformed", f"{item.name} in a batch")
             out.append(Message(item, msg_id, seq, session, peer, source, target, channel, (data[pos:end],),
@@ -468,7 +470,7 @@ def unbatch(batch: Message) -> list[Message]:
             pos = end
     except (struct.error, KeyError, UnicodeDecodeError) as e:
         raise Rejected("malformed", f"bad batch record: {e!r}") from e
-    if len(out) != batch.count:
+    if len(out) != batch.count or not out:
         raise Rejected("malformed", f"a batch of {batch.count} carries {len(out)}")
     return out
 

@@ -343,7 +343,7 @@ class MainSession:
         rejoins now, not after its own liveness timeout."""
         name = protocol.split_routing_id(ident)[0]
         peer = self.windows.get(name)
-        told = msg.kind in (Kind.PING, Kind.REQUEST, Kind.MESSAGE) and (peer is None or peer.ident != ident)
+        told = msg.kind in (Kind.PING, Kind.REQUEST, Kind.MESSAGE, Kind.BATCH) and (peer is None or peer.ident != ident)
         raise Unwelcome("unregistered", name, "the main had dropped this window" if told else None, rejoin=True)
 
     def _check_sender(self, ident: bytes, msg: Message, user: str | None) -> None:
@@ -353,7 +353,8 @@ class MainSession:
             raise Rejected("unauthenticated", f"routing id {ident[:64]!r} from a CURVE key allowed as {user!r}")
         if msg.peer_session != self.session:
             kind = msg.kind
-            told = kind == Kind.REQUEST or kind == Kind.PING or (kind == Kind.MESSAGE and bool(msg.target))
+            told = (kind == Kind.REQUEST or kind == Kind.PING or kind == Kind.BATCH
+                    or (kind == Kind.MESSAGE and bool(msg.target)))
             # A window of an earlier main (or that we forgot): told, so it does not wait.
             raise Unwelcome("stale_session", kind.name,
                             "the main does not know this window; re-register" if told else None)
