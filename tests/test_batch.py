@@ -168,3 +168,22 @@ def test_corked_calls_never_make_a_batch_larger_than_the_main_reads():
             futures = [window.render_msg_to_main(b"x" * 100, channel="echo", timeout=WAIT) for _ in range(40)]
             assert [f.result(WAIT) for f in futures] == [100] * 40
             assert main.stats()["rejected"]["oversized"] == 0
+
+
+def test_one_way_messages_routed_together_leave_together_and_so_do_their_acks(ctx):
+    with Main("tcp://127.0.0.1:0", key=KEY) as main:
+        sender, receiver = RawWindow(ctx, main.endpoint, "a"), RawWindow(ctx, main.endpoint, "b")
+        ids = [sender.session.next_id() for _ in range(10)]
+        records = b"".join(protocol.batch_item(Kind.MESSAGE, i, pickle.dumps(n), "a", "b", "c")
+                           for n, i in enumerate(ids))
+        session = sender.session
+        sender.send(pack(sender.signer, Kind.BATCH, 0, session.next_seq(), session.session, session.main_session,
+                         "a", "", "", [records], count=10))
+        forwarded = receiver.expect(Kind.BATCH)
+        assert forwarded is not None
+        assert [(m.kind, m.source, m.channel, pickle.loads(m.payload[0])) for m in protocol.unbatch(forwarded)] == \
+               [(Kind.MESSAGE, "a", "c", n) for n in range(10)]
+        acks = sender.expect(Kind.BATCH)
+        assert acks is not None
+        assert [(m.kind, m.msg_id) for m in protocol.unbatch(acks)] == [(Kind.ACK, i) for i in ids]
+        assert main.stats()["messages_routed"] == 10

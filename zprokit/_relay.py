@@ -28,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import protocol
 from ._calls import timeout_ms
 from ._common import MAX_WAIT
 from ._groups import empty_group
@@ -54,6 +55,8 @@ class Relay:
         self.lock = threading.Lock()  # every window's in_flight and waiting
         self._freed = threading.Condition(self.lock)  # a CREDIT came, or a window left
         self._due: list[tuple[str, Message]] = []  # routed in a batch of the loop: sent when it ends
+        # While the due ones are routed: one-way messages to forward, by target, to leave as BATCHes.
+        self._runs: dict[int, tuple[Peer, list[tuple[str, Message]]]] | None = None
 
     # --- routing (I/O thread) --------------------------------------------------------
 
@@ -65,14 +68,28 @@ class Relay:
             self._route(source, msg)
 
     def flush(self) -> None:
+        """The end of a batch on the loop: route what it brought, the one-way messages to one
+        window in BATCHes (one frame, one MAC), and their ACKs to each sender too."""
         if not self._due:
             return
         due, self._due = self._due, []
-        for source, msg in due:  # in the order they came: one-way messages keep their order
+        self._runs = {}
+        try:
+            for source, msg in due:  # in the order they came: one-way messages keep their order
+                try:
+                    self._route(source, msg)
+                except Exception:
+                    log.exception("main: error routing a message from %r", source)
+        finally:
+            runs, self._runs = self._runs, None
+        acks: dict[str, list[int]] = {}
+        for target, items in runs.values():
             try:
-                self._route(source, msg)
+                self._forward_run(target, items, acks)
             except Exception:
-                log.exception("main: error routing a message from %r", source)
+                log.exception("main: error routing messages to %r", target.name)
+        for source, ids in acks.items():
+            self._ack(source, ids)
 
     def _route(self, source: str, msg: Message) -> None:
         """Forward a window's MESSAGE or REQUEST to its target window, payload untouched."""
@@ -184,8 +201,71 @@ class Relay:
                          f"unhandled and {len(target.waiting)} more held; nothing was sent"))
         return False
 
+    def _forward_run(self, target: Peer, items: list[tuple[str, Message]], acks: dict[str, list[int]]) -> None:
+        """Send on the one-way messages for ``target`` routed in one batch, in order: a run of
+        small ones as one BATCH; the ACKs of those that left go in ``acks``, by sender."""
+        router = self._router
+        limit = protocol.BATCH_MAX if target.max_size is None else min(protocol.BATCH_MAX, target.max_size - 1024)
+        part: list[tuple[str, Message, bytes]] = []
+        size = 0
+
+        def send_part() -> None:
+            if len(part) == 1:
+                self._forward(target, part[0][0], part[0][1])
+                return
+            try:
+                sent = router.send_to(target.name, Kind.BATCH, 0, "", [b"".join(r for _, _, r in part)],
+                                      raise_full=True, count=len(part))
+            except QueueFull as e:  # each sender's future fails with it: backpressure reaches them
+                self.give_back(target, len(part))
+                for source, msg, _ in part:
+                    router.send_error(source, msg.msg_id, e)
+                return
+            if not sent:
+                for source, msg, _ in part:
+                    router.send_error(source, msg.msg_id, WindowNotFound(target.name))
+                return
+            with router.sock.lock:  # the senders' counters
+                router.stats["messages_out"] += len(part) - 1
+            router.stats["messages_routed"] += len(part)
+            for source, msg, _ in part:
+                acks.setdefault(source, []).append(msg.msg_id)
+
+        for source, msg in items:
+            record = protocol.batch_item(Kind.MESSAGE, 0, msg.payload[0], source, target.name, msg.channel) \
+                if len(msg.payload) == 1 else None
+            if record is None or len(record) > limit:  # leaves alone, after what came before it
+                if part:
+                    send_part()
+                    part, size = [], 0
+                self._forward(target, source, msg)
+                continue
+            if part and size + len(record) > limit:
+                send_part()
+                part, size = [], 0
+            part.append((source, msg, record))
+            size += len(record)
+        if part:
+            send_part()
+
+    def _ack(self, source: str, ids: list[int]) -> None:
+        """ACK routed one-way messages ``ids`` of ``source``: several as one BATCH."""
+        if len(ids) == 1:
+            self._router.send_to(source, Kind.ACK, ids[0])
+            return
+        for i in range(0, len(ids), 1024):  # a record is 31 bytes: a BATCH stays well under 64 KiB
+            chunk = ids[i:i + 1024]
+            if self._router.send_to(source, Kind.BATCH, 0, "", [b"".join(protocol.batch_item(Kind.ACK, msg_id, b"")
+                                                                      for msg_id in chunk)], count=len(chunk)):
+                with self._router.sock.lock:
+                    self._router.stats["messages_out"] += len(chunk) - 1
+
     def _forward(self, target: Peer, source: str, msg: Message) -> None:
-        """Send a routed one-way message on, its credit taken; ACK its sender."""
+        """Send a routed one-way message on, its credit taken; ACK its sender. While the loop
+        routes a batch's messages, it is kept for the run to its target (see ``flush``)."""
+        if self._runs is not None:
+            self._runs.setdefault(id(target), (target, []))[1].append((source, msg))
+            return
         router = self._router
         try:
             sent = router.send_to(target.name, Kind.MESSAGE, 0, msg.channel, msg.payload, origin=source,
