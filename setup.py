@@ -61,12 +61,15 @@ class OptionalBuildExt(build_ext):
 
             # Generated C goes under build/, out of the package.
             self.distribution.ext_modules = cythonize(
-                extensions(), compiler_directives=DIRECTIVES, build_dir=os.path.join("build", "cython"), quiet=True)
+                extensions(), compiler_directives=DIRECTIVES, build_dir=os.path.join("build", "cython"), quiet=True,
+                nthreads=os.cpu_count() or 1)
         except Exception as e:  # ImportError without Cython; any error of Cython's own while translating
             self.failure: BaseException | None = e
         else:
             self.failure = None
         super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1  # the modules compile one per core
 
     def run(self) -> None:
         self.wanted_inplace = self.inplace  # build_ext.run clears it while it builds
@@ -93,4 +96,5 @@ class OptionalBuildExt(build_ext):
         self.extensions = []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+if __name__ == "__main__":  # as pip's build backend runs it; tests/test_compiled.py imports it
+    setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

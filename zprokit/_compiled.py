@@ -36,11 +36,11 @@ import logging
 import os
 import sys
 from types import ModuleType
-from typing import Sequence
+from typing import Collection, Sequence
 
 from . import _env
 
-__all__ = ["MODULES", "build_mode", "install", "is_compiled", "pure_python_forced"]
+__all__ = ["MODULES", "SourceFinder", "build_mode", "install", "is_compiled", "pure_python_forced"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ MODULES: tuple[str, ...] = (
     "zprokit._streams",
 )
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding the package
 _CHECKOUT_MARK = "setup.py"  # beside the package in a source checkout, never in site-packages
 
 
@@ -72,32 +73,33 @@ def pure_python_forced() -> bool:
     return os.environ.get(_env.PURE_PYTHON, "") not in ("", "0")
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Finds the ``.py`` of a module in ``MODULES`` when it must run as source; else leaves
-    the module to the usual finders (which take an extension module over its source)."""
+class SourceFinder(importlib.abc.MetaPathFinder):
+    """Finds the ``.py`` of a module in ``modules`` when it must run as source: always if ``pure``,
+    else when it is stale (in a checkout, newer than its extension); otherwise leaves the module to
+    the usual finders, which take an extension module over its source. ``root`` holds the package."""
 
-    def __init__(self, pure: bool) -> None:
+    def __init__(self, pure: bool, modules: Collection[str], root: str) -> None:
         self.pure = pure
+        self.modules = frozenset(modules)
+        self.checkout = os.path.isfile(os.path.join(root, _CHECKOUT_MARK))
         self.warned: set[str] = set()
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MODULES or not path:
+        if fullname not in self.modules or not path:
             return None
         leaf = fullname.rpartition(".")[2]
         for folder in path:
             source = os.path.join(folder, leaf + ".py")
             if not os.path.isfile(source):
                 continue
-            if self.pure or self._stale(fullname, folder, leaf, source):
+            if self.pure or (self.checkout and self._stale(fullname, folder, leaf, source)):
                 return importlib.util.spec_from_file_location(fullname, source)
             return None
         return None
 
     def _stale(self, fullname: str, folder: str, leaf: str, source: str) -> bool:
-        """An extension beside ``source`` older than it, in a source checkout; warned once."""
-        if not _in_checkout(folder):
-            return False
+        """An extension beside ``source``, older than it; warned once."""
         built = _extension_beside(folder, leaf)
         if built is None or os.stat(built).st_mtime_ns >= os.stat(source).st_mtime_ns:
             return False
@@ -106,13 +108,6 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
             log.warning("%s: %s is newer than its compiled module %s, so the source runs; rebuild "
                         "with `pip install -e .`", fullname, source, os.path.basename(built))
         return True
-
-
-def _in_checkout(folder: str) -> bool:
-    """``folder`` (zprokit's or a subpackage's) is in a source checkout: ``setup.py`` is beside
-    the top package."""
-    top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.abspath(folder).startswith(top + os.sep) and os.path.isfile(os.path.join(top, _CHECKOUT_MARK))
 
 
 def _extension_beside(folder: str, leaf: str) -> str | None:
@@ -125,8 +120,8 @@ def _extension_beside(folder: str, leaf: str) -> str | None:
 
 def install() -> None:
     """Put the finder first on ``sys.meta_path``, once; before any module in ``MODULES`` is imported."""
-    if not any(isinstance(f, _SourceFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SourceFinder(pure_python_forced()))
+    if not any(isinstance(f, SourceFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, SourceFinder(pure_python_forced(), MODULES, _ROOT))
 
 
 def is_compiled(module: ModuleType) -> bool:
