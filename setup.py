@@ -46,8 +46,14 @@ def compiled_modules() -> tuple[str, ...]:
     raise SystemExit("zprokit/_compiled.py defines no MODULES")
 
 
+# Without debug information (Python's own flags ask for it): the extensions are a fifth of the size
+# (about 4 MB in all instead of 22), and what it describes is Cython's generated C, not zprokit's code.
+COMPILE_ARGS = ["-g0"]
+
+
 def extensions() -> list[Extension]:
-    return [Extension(name, [name.replace(".", "/") + ".py"]) for name in compiled_modules()]
+    return [Extension(name, [name.replace(".", "/") + ".py"], extra_compile_args=COMPILE_ARGS)
+            for name in compiled_modules()]
 
 
 class OptionalBuildExt(build_ext):
