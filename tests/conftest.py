@@ -1,4 +1,4 @@
-"""Shared test plumbing: a leak check on every test, and ``wait_until``.
+"""Shared test plumbing: a leak check on every test, ``wait_until``, and a subprocess's environment.
 
 Every test must leave behind no thread and no child process it started
 (the README: `close()` stops every thread it started and leaves no process behind). Threads that are already on their way out
@@ -19,9 +19,17 @@ from typing import Any, Callable
 import pytest
 import zmq.utils.garbage as zmq_garbage
 
+from zprokit import _env
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 LEAK_GRACE = 5.0  # seconds a finishing thread or process may take to go away
 POLL = 0.01
+
+
+def standalone_env() -> dict[str, str]:
+    """This environment without zprokit's variables (a key, an endpoint, a name: a subprocess gets
+    those from its test), but with ``ZPROKIT_PURE_PYTHON``: a subprocess runs the build the suite runs."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_env.PREFIX) or k == _env.PURE_PYTHON}
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = POLL) -> bool:

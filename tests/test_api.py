@@ -1166,7 +1166,7 @@ def test_public_names_are_pinned():
         "send_msg_to_render", "send_msg_to_main", "send_msg_to_other_render", "on_msg_from_other_render",
         "ZprokitError", "WindowNotFound", "NoHandler", "RemoteError", "Timeout", "PeerLost", "NameInUse",
         "AuthenticationError", "ProtocolError", "QueueFull", "MessageTooLarge", "Closed",
-        "generate_key", "__version__",
+        "generate_key", "build_mode", "__version__",
     }
     assert len(zprokit.__all__) == len(set(zprokit.__all__))
     for name in zprokit.__all__:

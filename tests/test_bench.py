@@ -10,7 +10,6 @@ import glob
 import importlib.util
 import json
 import math
-import os
 import secrets
 import statistics
 import subprocess
@@ -19,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+import zprokit
 from zprokit.bench import METRICS
+
+from conftest import standalone_env
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,7 +42,7 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     token = secrets.token_hex(8)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
+    env = standalone_env()
     env[TOKEN_VAR] = token
     result = subprocess.run([*ZPROKIT, "bench", "--quick", "--json", str(path)], env=env, capture_output=True,
                             text=True, timeout=170, stdin=subprocess.DEVNULL)
@@ -100,6 +102,13 @@ def test_the_machine_is_described(run: Run):
     for field in ("cpu", "cores", "python", "pyzmq", "libzmq"):
         assert machine[field], field
     assert machine["numpy"] if HAS_NUMPY else machine["numpy"] is None
+
+
+def test_the_build_is_the_one_the_suite_runs_and_is_in_the_header(run: Run):
+    """The bench measures the build this process runs (``ZPROKIT_PURE_PYTHON`` passes to it, and
+    from it to its children, each of which must say it runs the same build or fail the run)."""
+    assert run.report["machine"]["build"] == zprokit.build_mode()
+    assert f"build: {zprokit.build_mode()}, here and in every child process" in run.result.stdout.splitlines()[:3]
 
 
 def test_the_table_shows_both_sides_and_the_ratio(run: Run):

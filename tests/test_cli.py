@@ -22,7 +22,9 @@ from typing import Iterator
 
 import pytest
 
-from zprokit import cli
+from zprokit import __version__, build_mode, cli
+
+from conftest import standalone_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +47,7 @@ API_ROWS = [
 
 
 def cli_env(key: str | None = KEY) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
+    env = standalone_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), str(REPO), env.get("PYTHONPATH")) if p)
     if key is not None:
         env["ZPROKIT_KEY"] = key
@@ -176,6 +178,15 @@ def test_python_dash_m_zprokit_help_lists_the_commands():
     assert result.stdout.startswith("usage: zprokit ")
     for command in COMMANDS:
         assert re.search(rf"^\s+{command}\s", result.stdout, re.M), command
+
+
+def test_version_names_the_build():
+    """``--version``: the version, and whether the hot path runs compiled or as pure Python (the
+    build this suite runs: ``ZPROKIT_PURE_PYTHON`` reaches the command)."""
+    result = zprokit("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"zprokit {__version__}, {build_mode()}\n"
+    assert build_mode().startswith(("compiled (Cython ", "pure Python (", "partly compiled ("))
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -25,7 +25,7 @@ import zprokit
 from _compose import compose_services as _compose_services
 from _compose import option as _option
 from _compose import zprokit_argv as _zprokit_argv
-from conftest import wait_until
+from conftest import standalone_env, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # examples/ is not installed; `python -m pytest` from the root finds it, plain `pytest` may not
@@ -68,7 +68,7 @@ def test_every_example_script_is_run_here() -> None:
 @pytest.mark.parametrize("script", sorted(EXAMPLES))
 def test_example_runs_and_prints_what_it_promises(script: str) -> None:
     # Standalone, as documented: nothing from a surrounding zprokit setup leaks in.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
+    env = standalone_env()
     proc = subprocess.run(
         [sys.executable, os.path.join("examples", script)],
         cwd=ROOT,

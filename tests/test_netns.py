@@ -41,7 +41,7 @@ import pytest
 import _compose
 import _netns
 from _netns import Host, HostProcess, Network
-from conftest import TESTS_DIR, wait_until
+from conftest import TESTS_DIR, standalone_env, wait_until
 
 HEARTBEAT = 0.2
 LIVENESS = 3
@@ -126,7 +126,7 @@ class Deployment:
         self.key_file = key_file
         self.main_host = network.hosts["main"]
         self.endpoint = f"tcp://{self.main_host.address}:5555"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ZPROKIT_")}
+        self.env = standalone_env()
         self.env["PYTHONPATH"] = os.pathsep.join([_compose.ROOT, TESTS_DIR])  # the image's /app, and _netns_targets
         self.env["PYTHONUNBUFFERED"] = "1"  # as in the image
 

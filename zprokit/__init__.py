@@ -2,11 +2,19 @@
 
 A main binds; windows (worker processes, here or on other hosts) connect by
 name. See ``README.md`` for a tour and ``zprokit.Main`` / ``zprokit.Window``
-for the objects behind the module-level functions.
+for the objects behind the module-level functions. ``build_mode()`` says
+whether the hot path runs compiled (Cython) or as pure Python.
 """
 
 from __future__ import annotations
 
+# First, before any of the modules Cython may have compiled is imported: the finder that imports
+# their source instead under ZPROKIT_PURE_PYTHON=1, or when a build is older than its source.
+from . import _compiled
+
+_compiled.install()
+
+from ._compiled import build_mode
 from ._requests import ReplyFuture
 from ._streams import ReplyStream
 from .api import (
@@ -132,5 +140,7 @@ __all__ = [
     "Closed",
     # keys
     "generate_key",
+    # the build
+    "build_mode",
     "__version__",
 ]

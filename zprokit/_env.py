@@ -2,7 +2,8 @@
 
 A node reads ``ZPROKIT_ENDPOINT`` (both), ``ZPROKIT_NAME`` (a window) and
 the key variables (``security.resolve_key``) when its arguments leave them
-out; the command reads ``ZPROKIT_LOG_LEVEL``. A window process made by
+out; the command reads ``ZPROKIT_LOG_LEVEL``; ``ZPROKIT_PURE_PYTHON=1`` runs
+the source of the modules Cython compiled (``_compiled``). A window process made by
 ``create_window`` learns everything else from its environment too (never
 from its command line, which ``ps`` shows to every user): ``ChildSpec``
 writes that environment in the main and reads it back in the child.
@@ -25,6 +26,7 @@ __all__ = [
     "CURVE_SECRET",
     "CURVE_SERVER",
     "LOG_LEVEL",
+    "PURE_PYTHON",
     "ChildSpec",
 ]
 
@@ -37,6 +39,7 @@ KEY_HEX = "ZPROKIT_KEY_HEX"  # the shared key hex-encoded, so any bytes survive 
 CURVE_SECRET = "ZPROKIT_CURVE_SECRET_KEY"  # a window's CURVE secret key
 CURVE_SERVER = "ZPROKIT_CURVE_SERVER_KEY"  # the main's CURVE public key
 LOG_LEVEL = "ZPROKIT_LOG_LEVEL"
+PURE_PYTHON = "ZPROKIT_PURE_PYTHON"  # "1": import the .py of every compiled module, not its extension
 # Only between create_window and its child:
 SERIALIZER = "ZPROKIT_SERIALIZER"
 EXIT_WITH_MAIN = "ZPROKIT_EXIT_WITH_MAIN"

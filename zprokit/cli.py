@@ -1,4 +1,5 @@
-"""The ``zprokit`` command: demo, main, window, windows, ping, keygen, bench.
+"""The ``zprokit`` command: demo, main, window, windows, ping, keygen, bench; ``--version`` also
+names the build (the hot path compiled, or pure Python: ``zprokit.build_mode``).
 
 The key is never a command-line value (``ps`` shows those to every user):
 it comes from ``--key-file`` or the ``ZPROKIT_KEY`` (``ZPROKIT_KEY_FILE``)
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 import zmq
 
 from . import __version__, _env, bench  # the package holds only the options: the measurements load when run
+from ._compiled import build_mode
 from .api import init_expose_in_main_world
 from .errors import ZprokitError
 from .main import Main
@@ -406,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="electron-prokit's IPC API over ZeroMQ: run a main, windows, and look at them.",
         epilog=f"The key never goes on the command line: use --key-file FILE or ${ENV_KEY}.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}, {build_mode()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:

@@ -1,10 +1,12 @@
 """The child programs of ``zprokit bench``, one ``serve_*`` function per ``--serve KIND``.
 
-Each is run as ``python -m zprokit.bench --serve KIND PARAMS`` (``SERVERS``
-maps KIND to its function; PARAMS are its keyword arguments, as JSON). It
-prints one JSON object per line on stdout, takes commands the same way on
-stdin, and exits when stdin closes, so none outlives the benchmark. The key
-reaches them through ``ZPROKIT_KEY``, never the command line.
+Each is run as ``python -m zprokit.bench --serve KIND PARAMS`` (``serve``:
+``SERVERS`` maps KIND to its function; PARAMS are its keyword arguments, as
+JSON). It prints one JSON object per line on stdout, the first naming the
+build it runs (``zprokit.build_mode``: the parent checks that it measures
+one build throughout), takes commands the same way on stdin, and exits
+when stdin closes, so none outlives the benchmark. The key reaches them
+through ``ZPROKIT_KEY``, never the command line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Callable, Iterator
 import zmq
 
 from .. import _env, protocol
+from .._compiled import build_mode
 from ..main import Main
 from ..window import Window
 from ._common import CHILD_TIMEOUT, INFLIGHT, LOCAL, SMALL
@@ -420,3 +423,9 @@ SERVERS: dict[str, Callable[..., None]] = {
     "zp-receiver": serve_zp_receiver,
     "zp-windows": serve_zp_windows,
 }
+
+
+def serve(kind: str, params: dict[str, Any]) -> None:
+    """Run the child program ``kind``, after a first line with the build this process runs."""
+    _say("build", mode=build_mode())
+    SERVERS[kind](**params)

@@ -62,9 +62,12 @@ Child processes are the programs of ``_children``, run as ``python -m
 zprokit.bench --serve KIND PARAMS``: they print one JSON object per line on
 stdout, take commands the same way on stdin, and exit when stdin closes, so
 none outlives the benchmark. The key reaches them through ``ZPROKIT_KEY``,
-never the command line. The measuring side's tools (timing loops, raw
-clients, the handle on a child) are in ``_measure``; what both share, in
-``_common``.
+never the command line. They run the build this process runs (compiled or
+pure Python, ``zprokit.build_mode``; ``ZPROKIT_PURE_PYTHON`` is passed on),
+and each says which it runs first: a child that runs another is an error,
+as its figures would be another build's. The measuring side's tools
+(timing loops, raw clients, the handle on a child) are in ``_measure``;
+what both share, in ``_common``.
 """
 
 from __future__ import annotations
@@ -84,13 +87,13 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import zmq
 
-from .. import __version__, _env
+from .. import __version__, _compiled, _env
 from .._requests import ReplyFuture
 from ..main import Main
 from ..window import Window
 from . import add_arguments
 from . import run_from_args as run_chosen
-from ._children import SERVERS
+from ._children import serve
 from ._common import CHILD_TIMEOUT, INFLIGHT, LOCAL, SMALL, BenchError
 from ._measure import (_bandwidth, _brief, _Child, _numbered, _Outstanding, _pipelined, _raw_client, _raw_echo_array,
                        _raw_echo_bytes, _raw_pipelined, _raw_stream, _round_trips, _rss_kib, _split, _streamed,
@@ -260,6 +263,7 @@ def machine_info() -> dict[str, Any]:
         "libzmq": zmq.zmq_version(),
         "numpy": numpy.__version__ if numpy else None,
         "zprokit": __version__,
+        "build": _compiled.build_mode(),  # compiled or pure Python; the children run the same (checked)
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
 
@@ -270,6 +274,7 @@ def print_table(report: dict[str, Any], out: TextIO) -> None:
     c = report["config"]
     lines = [
         f"zprokit {m['zprokit']} beside raw pyzmq, {c['rounds']} round(s), medians; {report['seconds']} s",
+        f"build: {m['build']}, here and in every child process",
         f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), load {m['load_average']}, {m['os']}",
         f"Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}, NumPy {m['numpy'] or 'not installed'}",
         "ratio = zprokit / raw: above 1 is slower (times) or bigger (memory); below 1 is slower (rates, GB/s)",
@@ -317,6 +322,9 @@ class _Bench:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(_env.PREFIX)}
         self.env[_env.KEY] = key
         self.env[_env.LOG_LEVEL] = os.environ.get(_env.LOG_LEVEL, "WARNING")
+        if _compiled.pure_python_forced():  # the children measure the build this process runs
+            self.env[_env.PURE_PYTHON] = os.environ[_env.PURE_PYTHON]
+        self.build = _compiled.build_mode()
 
     def say(self, text: str) -> None:
         if self.progress is not None:
@@ -330,6 +338,9 @@ class _Bench:
             def start(kind: str, **params: Any) -> _Child:
                 child = _Child(kind, params, self.env)
                 stack.callback(child.close)
+                build = child.expect("build")["mode"]
+                if build != self.build:
+                    raise BenchError(f"{kind} (pid {child.pid}) runs {build}, this process {self.build}")
                 return child
 
             yield start
@@ -576,7 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"%(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.serve:
         kind, params = args.serve
-        (PEER_SERVERS[kind] if kind in PEER_SERVERS else SERVERS[kind])(**json.loads(params))
+        if kind in PEER_SERVERS:  # another library's echo server (--peers)
+            PEER_SERVERS[kind](**json.loads(params))
+        else:
+            serve(kind, json.loads(params))
         return 0
     try:
         run_chosen(args)  # this benchmark, or the peers' with --peers
