@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import zmq
 
@@ -425,7 +425,8 @@ SERVERS: dict[str, Callable[..., None]] = {
 }
 
 
-def serve(kind: str, params: dict[str, Any]) -> None:
-    """Run the child program ``kind``, after a first line with the build this process runs."""
+def serve(kind: str, params: dict[str, Any], others: Mapping[str, Callable[..., None]] = {}) -> None:
+    """Run the child program ``kind`` (of ``SERVERS``, or of ``others``: the peers' echo servers),
+    after a first line with the build this process runs."""
     _say("build", mode=build_mode())
-    SERVERS[kind](**params)
+    (SERVERS[kind] if kind in SERVERS else others[kind])(**params)

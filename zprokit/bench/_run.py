@@ -587,10 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=f"%(levelname)s %(name)s[{os.getpid()}]: %(message)s")
     if args.serve:
         kind, params = args.serve
-        if kind in PEER_SERVERS:  # another library's echo server (--peers)
-            PEER_SERVERS[kind](**json.loads(params))
-        else:
-            serve(kind, json.loads(params))
+        serve(kind, json.loads(params), PEER_SERVERS)  # ours, or another library's echo server (--peers)
         return 0
     try:
         run_chosen(args)  # this benchmark, or the peers' with --peers
