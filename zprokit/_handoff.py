@@ -4,9 +4,10 @@ another thread takes the I/O loop over.
 Handing each request to a pool thread costs a thread switch under the GIL
 (tens of microseconds on 2 cores, there and again for the answer) and most
 handlers return in microseconds. So the loop's thread, the *leader*, runs a
-handler itself (``run_here``). A *watcher* thread looks at it every
-``HANDOFF`` seconds; if it sees the same handler running twice, the handler
-blocks or computes, and the watcher becomes the leader: it finishes the
+handler itself (``run_here``). A *watcher* thread (one per process, for
+all its nodes) looks at every leader every ``HANDOFF`` seconds; if it sees
+the same handler running twice, the handler blocks or computes, and the
+watcher becomes that loop's leader (another thread takes over watching): it finishes the
 batch of messages the old leader was in (in order) and runs the loop from
 there. The old leader, when its handler returns, answers as a pool thread
 would and ends. A zprokit call that is about to wait (a future's
@@ -25,6 +26,7 @@ the first handler of a burst wakes it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable, TypeVar
@@ -54,9 +56,8 @@ class Leadership:
         self._fn: Any = None  # the handler the leader runs now
         self._busy_since = 0.0  # when the leader started running handlers, since it last waited for input
         self._slow: dict[int, float] = {}  # id(handler) -> until when it runs on the pool (it took long)
-        self._watcher: threading.Thread | None = None
-        self._asleep = False  # the watcher waits for a handler to start (no timed looks)
-        self._wake = threading.Event()
+        self._watched = False  # the process's watcher looks at this loop
+        self._seen = 0  # the handler the watcher saw running at its last look
         self._urgent = 0  # a handler about to wait: take over from it at once
         self._stopping = False
         self.takeovers = 0
@@ -68,9 +69,9 @@ class Leadership:
         return thread
 
     def stop(self) -> None:
-        """No more takeovers; the watcher ends."""
+        """No more takeovers; the watcher stops looking at this loop."""
         self._stopping = True
-        self._wake.set()
+        _WATCHER.remove(self)
 
     def is_leader(self, thread: threading.Thread) -> bool:
         return self.leader is thread
@@ -105,11 +106,11 @@ class Leadership:
         self._running = self._count
         if not self._busy_since:
             self._busy_since = time.monotonic()
-        if self._asleep:  # written after _running: see _watch
-            self._asleep = False
-            self._wake.set()
-        if self._watcher is None:
-            self._start_watcher()
+        if _WATCHER.asleep:  # read after _running was written: see _Watcher.run
+            _WATCHER.rouse()
+        if not self._watched:
+            self._watched = True
+            _WATCHER.add(self)
         _here.lead = self
         try:
             return fn(*args)
@@ -128,35 +129,16 @@ class Leadership:
         running = self._running
         if running and self.leader is threading.current_thread():
             self._urgent = running
-            self._wake.set()
+            _WATCHER.rouse()
 
-    # --- the watcher ---------------------------------------------------------------
-
-    def _start_watcher(self) -> None:
-        if self._stopping:
-            return
-        self._watcher = threading.Thread(target=self._watch, name=f"zprokit-watcher-of-{self.name}", daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        seen = idle = 0
-        wake = self._wake
-        while not self._stopping:
-            if idle >= _IDLE_LOOKS:
-                # Sleep until a handler starts. Dekker's order: we write _asleep then read _running,
-                # run_here writes _running then reads _asleep; one of us sees the other's write.
-                self._asleep = True
-                if not self._running:
-                    wake.wait()
-                self._asleep = False
-                idle = 0
-            if wake.wait(HANDOFF):
-                wake.clear()
-            running = self._running
-            if running and (running == seen or running == self._urgent) and self._take_over(running):
-                return  # this thread led until it lost the lead in turn, or the loop ended
-            seen = running
-            idle = 0 if running else idle + 1
+    def _look(self) -> tuple[bool, bool]:
+        """The watcher's look: ``(busy, took_over)``. Takes the loop over (on the watcher's
+        thread, which then leads it) if the handler it saw last time still runs, or waits."""
+        running = self._running
+        if running and (running == self._seen or running == self._urgent) and self._take_over(running):
+            return True, True
+        self._seen = running
+        return bool(running), False
 
     def _take_over(self, running: int) -> bool:
         with self._lock:
@@ -173,9 +155,89 @@ class Leadership:
         me.name = self.name
         if old is not None:  # it only finishes its handler now, as a pool thread would
             old.name = f"zprokit-handler-from-{self.name}"
-        self._start_watcher()  # a new watcher for the new leader
+        _WATCHER.replace(me)  # another thread watches (this loop too) from now on
         self._lead()
         return True
+
+
+class _Watcher:
+    """The process's watcher: one thread that looks at every leader running handlers, every
+    ``HANDOFF`` s while any does, and sleeps while none has for a while (so idle nodes cost no
+    wake-ups, and a process with many nodes, one thread of looks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leaders: list[Leadership] = []
+        self._thread: threading.Thread | None = None
+        self.asleep = False
+        self._wake = threading.Event()
+
+    def add(self, lead: Leadership) -> None:
+        with self._lock:
+            if not lead._stopping and lead not in self._leaders:
+                self._leaders.append(lead)
+            if self._thread is None and self._leaders:
+                self._start()
+
+    def remove(self, lead: Leadership) -> None:
+        with self._lock:
+            if lead in self._leaders:
+                self._leaders.remove(lead)
+        self.rouse()  # a watcher with nothing left to watch ends
+
+    def rouse(self) -> None:
+        self.asleep = False
+        self._wake.set()
+
+    def replace(self, thread: threading.Thread) -> None:
+        """``thread``, the watcher, has taken a loop over: start another to watch."""
+        with self._lock:
+            if self._thread is thread:
+                self._thread = None
+                if self._leaders:
+                    self._start()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's watcher and nodes are not ours."""
+        self.__init__()  # type: ignore[misc]
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="zprokit-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        idle = 0
+        wake = self._wake
+        while True:
+            with self._lock:
+                leaders = list(self._leaders)
+                if not leaders or self._thread is not me:
+                    if self._thread is me:
+                        self._thread = None
+                    return
+            if idle >= _IDLE_LOOKS:
+                # Sleep until a handler starts. Dekker's order: we write asleep then read _running,
+                # run_here writes _running then reads asleep; one of us sees the other's write.
+                self.asleep = True
+                if not any(lead._running for lead in leaders):
+                    wake.wait()
+                self.asleep = False
+                idle = 0
+                continue
+            if wake.wait(HANDOFF):
+                wake.clear()
+            busy = False
+            for lead in leaders:
+                looked, took = lead._look()
+                if took:
+                    return  # this thread led that loop until it lost the lead in turn, or the loop ended
+                busy = busy or looked
+            idle = 0 if busy else idle + 1
+
+
+_WATCHER = _Watcher()
+os.register_at_fork(after_in_child=_WATCHER.forget)
 
 
 def about_to_block() -> None:
