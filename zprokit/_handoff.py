@@ -37,7 +37,10 @@ _T = TypeVar("_T")
 
 HANDOFF = 0.005  # seconds between the watcher's looks: a handler running past two looks loses the lead
 SLOW_FOR = 1.0  # seconds a handler that lost the lead runs on the pool before it is tried here again
-_IDLE_LOOKS = 40  # looks that saw no handler before the watcher sleeps until one starts (0.2 s)
+# Looks that saw no handler before the watcher sleeps until one starts (40 ms). Short: each look
+# takes the GIL, and while a handler that lost the lead computes, a look costs the loop's thread a
+# turn of the GIL (up to the switch interval, 5 ms) when it needs it most.
+_IDLE_LOOKS = 8
 _here = threading.local()  # .lead: the Leadership whose handler this thread runs now
 
 
@@ -178,6 +181,8 @@ class _Watcher:
                 self._leaders.append(lead)
             if self._thread is None and self._leaders:
                 self._start()
+        if self.asleep:  # it may have looked at the leaders before this one came: see _run
+            self.rouse()
 
     def remove(self, lead: Leadership) -> None:
         with self._lock:
@@ -207,7 +212,7 @@ class _Watcher:
 
     def _run(self) -> None:
         me = threading.current_thread()
-        idle = 0
+        idle = _IDLE_LOOKS  # a new watcher sleeps at once unless a handler runs (it may follow a takeover)
         wake = self._wake
         while True:
             with self._lock:
@@ -220,6 +225,8 @@ class _Watcher:
                 # Sleep until a handler starts. Dekker's order: we write asleep then read _running,
                 # run_here writes _running then reads asleep; one of us sees the other's write.
                 self.asleep = True
+                with self._lock:  # taken after asleep is set: a leader added later rouses us (add)
+                    leaders = list(self._leaders)
                 if not any(lead._running for lead in leaders):
                     wake.wait()
                 self.asleep = False
