@@ -317,6 +317,28 @@ def test_a_signal_closes_zprokit_main_promptly_leaving_no_process(signum: int):
         main.close()
 
 
+def test_the_signal_latch_wakes_its_waiter_from_a_handler_that_runs_anywhere(monkeypatch: pytest.MonkeyPatch):
+    """What ``zprokit main`` waits on: set by a signal handler sent before the wait, and by one that
+    runs inside it (here, as the wait reads). A ``threading.Event`` set from a handler that runs while
+    the main thread holds the Event's lock (entering ``wait``) would wait for ever."""
+    real_read = os.read
+
+    def read_after_a_signal(fd: int, n: int) -> bytes:
+        os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs here, inside wait()
+        return real_read(fd, n)
+
+    previous = signal.getsignal(signal.SIGUSR1)
+    with cli._SignalLatch() as latch:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: latch.set(signum))
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            latch.wait()  # returns: the byte was there before it
+            monkeypatch.setattr(os, "read", read_after_a_signal)
+            latch.wait()
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+
+
 # --- liveness settings ------------------------------------------------------------------
 
 

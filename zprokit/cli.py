@@ -25,7 +25,6 @@ import secrets
 import signal
 import statistics
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
@@ -68,8 +67,8 @@ def cmd_main(args: argparse.Namespace) -> int:
     app = _load(args.app, "APP")
     key = _key_from_file(args)
     curve = _curve_main_options(args)
-    stop = threading.Event()
-    with _on_signals(lambda signum: stop.set()):
+    stop = _SignalLatch()
+    with stop, _on_signals(stop.set):
         try:
             node = Main(args.bind, key=key, pub_endpoint=args.pub_bind, serializer=args.serializer,
                         heartbeat=args.heartbeat, liveness=args.liveness, **curve)
@@ -329,6 +328,32 @@ def _temporary_window(args: argparse.Namespace) -> Iterator[Window]:
     name = args.name or f"zprokit-cli-{os.getpid()}-{secrets.token_hex(3)}"
     with _connect(Window, name, workers=1, reconnect=False, **_connect_options(args)) as window:
         yield window
+
+
+class _SignalLatch:
+    """Set by a signal handler, waited for by the main thread: a pipe, not a ``threading.Event``.
+
+    A handler runs in the main thread between any two bytecodes, and an ``Event.set`` there
+    waits for ever when the main thread holds that Event's lock, as it does on its way into
+    ``Event.wait``: a SIGTERM that came just as ``zprokit main`` started waiting left it running.
+    Writing to a pipe takes no lock; the read returns once a byte is there, sent before or during it.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+
+    def set(self, signum: int = 0) -> None:
+        os.write(self._write, b"\0")
+
+    def wait(self) -> None:
+        os.read(self._read, 1)  # a signal during it runs the handler, then the read goes on (PEP 475)
+
+    def __enter__(self) -> "_SignalLatch":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 @contextmanager
