@@ -7,6 +7,8 @@ from __future__ import annotations
 import pickle
 import threading
 
+import pytest
+
 from conftest import wait_until
 from test_security import KEY, FakeMain, RawWindow, ctx, no_errors_logged, recv  # noqa: F401 (fixtures)
 from zprokit import Main, Window, protocol
@@ -187,3 +189,34 @@ def test_one_way_messages_routed_together_leave_together_and_so_do_their_acks(ct
         assert acks is not None
         assert [(m.kind, m.msg_id) for m in protocol.unbatch(acks)] == [(Kind.ACK, i) for i in ids]
         assert main.stats()["messages_routed"] == 10
+
+
+@pytest.mark.parametrize("sizes, room, runs", [
+    ([10, 10, 10], 25, [(0, 2), (2, 3)]),  # cut where the next would not fit
+    ([10, None, 10, 10], 100, [(0, 1), (1, 2), (2, 4)]),  # one that cannot travel in a batch leaves alone, in order
+    ([10, 200, 10], 100, [(0, 1), (1, 2), (2, 3)]),  # so does one larger than the room
+    ([], 100, []),
+    ([30] * 4, 60, [(0, 2), (2, 4)]),
+])
+def test_batch_runs_cut_in_order_within_the_room(sizes, room, runs):
+    assert list(protocol.batch_runs(sizes, room)) == runs
+
+
+def test_a_batch_has_room_within_what_its_receiver_reads():
+    assert protocol.batch_room(None) == protocol.BATCH_MAX
+    assert protocol.batch_room(10 * protocol.BATCH_MAX) == protocol.BATCH_MAX
+    assert protocol.batch_room(4096) < 4096 - 600  # a BATCH's own bytes: version, header, two names, MAC
+
+
+def test_acks_of_a_run_of_routed_messages_fit_what_the_sender_reads():
+    """Many routed one-way messages from a window that reads little: their ACKs come back in
+    BATCHes it can read, so every one of its futures is settled."""
+    with Main("tcp://127.0.0.1:0") as main:
+        with Window("a", main.endpoint, key=main.key, max_payload=2048) as sender, \
+                Window("b", main.endpoint, key=main.key) as receiver:
+            got = []
+            receiver.on_render_msg_to_render(lambda event, args: got.append(args), channel="c")
+            futures = [sender.render_msg_to_render("b", i, channel="c", timeout=WAIT) for i in range(400)]
+            assert [f.result(WAIT) for f in futures] == [None] * 400
+            assert wait_until(lambda: got == list(range(400)), WAIT)
+            assert sender.stats()["rejected"]["oversized"] == 0

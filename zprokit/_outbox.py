@@ -44,7 +44,7 @@ class Outbox:
     def __init__(self, source: str) -> None:
         self.items: list[Corked] = []
         self._size = 0
-        self._record = _RECORD + len(source.encode())  # each record carries the sender's name
+        self._record = protocol.BATCH_RECORD + len(source.encode())  # each record carries the sender's name
 
     def add(self, item: Corked, limit: int | None) -> bool:
         """Cork ``item`` if it fits (one small part, and room in a BATCH of at most ``limit``
@@ -52,7 +52,7 @@ class Outbox:
         data = item.data
         size = len(data) if type(data) is bytes else memoryview(data).nbytes
         size += self._record + len(item.target) * 4 + len(item.channel) * 4  # UTF-8: at most 4 bytes a character
-        room = protocol.BATCH_MAX if limit is None else min(protocol.BATCH_MAX, limit - _OVERHEAD)
+        room = protocol.batch_room(limit)
         if size > CORK_PART_MAX or self._size + size > room:
             return False
         self.items.append(item)
@@ -73,6 +73,3 @@ def records(items: list[Corked], source: str) -> bytes:
     return b"".join([protocol.batch_item(i.kind, i.msg_id, i.data, source, i.target, i.channel,
                                          timeout_ms=i.timeout_ms, count=i.credit, flags=i.flags) for i in items])
 
-
-_RECORD = len(protocol.batch_item(0, 0, b""))  # a record, but its strings and payload
-_OVERHEAD = 512 + 2 * protocol.MAX_NAME_BYTES  # a BATCH's version, header, source name and MAC, with room

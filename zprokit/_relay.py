@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import protocol
 from ._calls import timeout_ms
@@ -205,60 +205,47 @@ class Relay:
         """Send on the one-way messages for ``target`` routed in one batch, in order: a run of
         small ones as one BATCH; the ACKs of those that left go in ``acks``, by sender."""
         router = self._router
-        limit = protocol.BATCH_MAX if target.max_size is None else min(protocol.BATCH_MAX, target.max_size - 1024)
-        part: list[tuple[str, Message, bytes]] = []
-        size = 0
-
-        def send_part() -> None:
-            if len(part) == 1:
-                self._forward(target, part[0][0], part[0][1])
-                return
+        records = [protocol.batch_item(Kind.MESSAGE, 0, msg.payload[0], source, target.name, msg.channel)
+                   if len(msg.payload) == 1 else None for source, msg in items]
+        for start, end in protocol.batch_runs([None if r is None else len(r) for r in records],
+                                              protocol.batch_room(target.max_size)):
+            if end - start == 1:
+                self._forward(target, *items[start])
+                continue
+            part = items[start:end]
+            data = b"".join(cast(bytes, r) for r in records[start:end])  # a run of several: each one has its record
             try:
-                sent = router.send_to(target.name, Kind.BATCH, 0, "", [b"".join(r for _, _, r in part)],
-                                      raise_full=True, count=len(part))
+                sent = router.send_to(target.name, Kind.BATCH, 0, "", [data], raise_full=True, count=len(part))
             except QueueFull as e:  # each sender's future fails with it: backpressure reaches them
                 self.give_back(target, len(part))
-                for source, msg, _ in part:
+                for source, msg in part:
                     router.send_error(source, msg.msg_id, e)
-                return
+                continue
             if not sent:
-                for source, msg, _ in part:
+                for source, msg in part:
                     router.send_error(source, msg.msg_id, WindowNotFound(target.name))
-                return
+                continue
             with router.sock.lock:  # the senders' counters
                 router.stats["messages_out"] += len(part) - 1
             router.stats["messages_routed"] += len(part)
-            for source, msg, _ in part:
+            for source, msg in part:
                 acks.setdefault(source, []).append(msg.msg_id)
-
-        for source, msg in items:
-            record = protocol.batch_item(Kind.MESSAGE, 0, msg.payload[0], source, target.name, msg.channel) \
-                if len(msg.payload) == 1 else None
-            if record is None or len(record) > limit:  # leaves alone, after what came before it
-                if part:
-                    send_part()
-                    part, size = [], 0
-                self._forward(target, source, msg)
-                continue
-            if part and size + len(record) > limit:
-                send_part()
-                part, size = [], 0
-            part.append((source, msg, record))
-            size += len(record)
-        if part:
-            send_part()
 
     def _ack(self, source: str, ids: list[int]) -> None:
         """ACK routed one-way messages ``ids`` of ``source``: several as one BATCH."""
-        if len(ids) == 1:
-            self._router.send_to(source, Kind.ACK, ids[0])
-            return
-        for i in range(0, len(ids), 1024):  # a record is 31 bytes: a BATCH stays well under 64 KiB
-            chunk = ids[i:i + 1024]
-            if self._router.send_to(source, Kind.BATCH, 0, "", [b"".join(protocol.batch_item(Kind.ACK, msg_id, b"")
-                                                                      for msg_id in chunk)], count=len(chunk)):
-                with self._router.sock.lock:
-                    self._router.stats["messages_out"] += len(chunk) - 1
+        router = self._router
+        peer = self._session.windows.get(source)
+        if peer is None:
+            return  # it left: nobody to tell
+        for start, end in protocol.batch_runs([protocol.BATCH_RECORD] * len(ids), protocol.batch_room(peer.max_size)):
+            if end - start == 1:
+                router.send_to(source, Kind.ACK, ids[start])
+                continue
+            chunk = ids[start:end]  # within what the sender reads: it may read little
+            if router.send_to(source, Kind.BATCH, 0, "", [b"".join(protocol.batch_item(Kind.ACK, msg_id, b"")
+                                                                  for msg_id in chunk)], count=len(chunk)):
+                with router.sock.lock:
+                    router.stats["messages_out"] += len(chunk) - 1
 
     def _forward(self, target: Peer, source: str, msg: Message) -> None:
         """Send a routed one-way message on, its credit taken; ACK its sender. While the loop

@@ -19,7 +19,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -487,7 +487,10 @@ class Router:
         sock, session, signer = self.sock, self.session, self._signer
         with sock.lock:
             for peer, run in runs.values():
-                for part in _batches(run, peer.max_size):
+                sizes = [protocol.BATCH_RECORD + (len(data) if type(data) is bytes else memoryview(data).nbytes)
+                         for _, data in run]
+                for start, end in protocol.batch_runs(sizes, protocol.batch_room(peer.max_size)):
+                    part = run[start:end]
                     if len(part) == 1:
                         msg_id, data = part[0]
                         frames = protocol.pack(signer, Kind.REPLY, msg_id, session.next_seq(), session.session,
@@ -546,26 +549,6 @@ class _Carried:
         self.peer, self.msg = peer, msg
 
 
-def _batches(run: list[tuple[int, Any]], max_size: int | None) -> Iterator[list[tuple[int, Any]]]:
-    """``run`` (``(msg_id, data)`` replies to one window) cut into BATCHes that fit in one frame
-    and in what the window reads (``max_size``); a reply alone in its part goes as a REPLY."""
-    limit = protocol.BATCH_MAX if max_size is None else min(protocol.BATCH_MAX, max_size - _BATCH_OVERHEAD)
-    part: list[tuple[int, Any]] = []
-    size = 0
-    for item in run:
-        data = item[1]
-        n = _RECORD + (len(data) if type(data) is bytes else memoryview(data).nbytes)
-        if part and size + n > limit:
-            yield part
-            part, size = [], 0
-        part.append(item)
-        size += n
-    if part:
-        yield part
-
-
-_RECORD = protocol.batch_item(Kind.REPLY, 0, b"").__len__()  # a reply's record, but its data
-_BATCH_OVERHEAD = 512 + protocol.MAX_NAME_BYTES  # VERSION, header, target name, MAC: with room to spare
 
 
 class _PeerAddress:

@@ -42,7 +42,7 @@ import struct
 import traceback
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Sequence, overload
+from typing import Any, Iterator, Sequence, overload
 
 import blake3
 
@@ -422,6 +422,36 @@ _ITEM = struct.Struct("<BBQHHHIII")
 # control or stream message, and never a BATCH.
 BATCHABLE = frozenset({Kind.REQUEST, Kind.MESSAGE, Kind.REPLY, Kind.ERROR, Kind.ACK})
 BATCH_MAX = INLINE_MAX  # the records of a BATCH, in bytes: its payload rides in its head frame
+# A BATCH's own bytes beside its records: VERSION, the fixed header, two names (at most 255 bytes
+# each) and the MAC, with room to spare.
+_BATCH_HEADROOM = 1024
+BATCH_RECORD = _ITEM.size  # a record's bytes beside its strings and payload
+
+
+def batch_room(max_size: int | None) -> int:
+    """The bytes of records a BATCH may carry to a peer that reads messages of at most
+    ``max_size`` bytes (``None``: no limit): it must stay one frame, and be read."""
+    return BATCH_MAX if max_size is None else min(BATCH_MAX, max_size - _BATCH_HEADROOM)
+
+
+def batch_runs(sizes: Sequence[int | None], room: int) -> Iterator[tuple[int, int]]:
+    """Cut messages whose records take ``sizes`` bytes (``None``: one that cannot travel in a
+    batch), in order, into runs ``(start, end)`` whose records fit in ``room`` bytes. A run of
+    one message leaves alone, as itself; so does one that does not fit or cannot travel."""
+    start, used = 0, 0
+    for i, size in enumerate(sizes):
+        if size is None or size > room:  # alone, after what came before it
+            if start < i:
+                yield start, i
+            yield i, i + 1
+            start, used = i + 1, 0
+            continue
+        if start < i and used + size > room:
+            yield start, i
+            start, used = i, 0
+        used += size
+    if start < len(sizes):
+        yield start, len(sizes)
 
 
 def batch_item(kind: int, msg_id: int, data: Any, source: str = "", target: str = "", channel: str = "", *,
